@@ -1,0 +1,16 @@
+"""BDD100K instance segmentation on MMDetection 3.x.
+
+Importing this package (every config does, through ``custom_imports``) first
+installs the compiled-op provider, then registers the BDD100K datasets,
+metric and hooks with mmdet's registries.
+"""
+from .ops import install as _install_ops
+
+_install_ops()
+
+from .ops import ops_backend  # noqa: E402
+
+__version__ = '0.1.0'
+__all__ = ['ops_backend', '__version__']
+
+from . import datasets  # noqa: E402,F401  (registers BDD100K datasets)

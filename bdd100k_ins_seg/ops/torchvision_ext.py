@@ -1,0 +1,227 @@
+"""A stand-in for mmcv's compiled ``mmcv._ext`` built on torchvision's ops.
+
+``mmcv-lite`` ships mmcv's Python code without the compiled extension, and
+``mmcv.ops`` loads every op eagerly, so ``mmdet.models`` cannot be imported
+without *some* ``mmcv._ext``. The zoo needs only five kernels, all of which
+torchvision provides for CPU and CUDA tensors:
+
+* ``roi_align_forward`` / ``roi_align_backward`` (avg pooling),
+* ``nms`` (and therefore mmcv's ``batched_nms``),
+* ``deform_conv_forward`` / ``deform_conv_backward_input`` /
+  ``deform_conv_backward_parameters`` (``DCN``),
+* ``modulated_deform_conv_forward`` / ``modulated_deform_conv_backward``
+  (``DCNv2``).
+
+The functions keep mmcv's calling convention: outputs are written in place
+into the tensors mmcv pre-allocates. Every other kernel mmcv declares resolves
+to a function that raises :class:`UnavailableOpError` when called, so
+importing works and only a model that really needs another op fails, with a
+message that names the op.
+"""
+import types
+
+import torch
+from torchvision.ops import deform_conv2d as tv_deform_conv2d
+from torchvision.ops import nms as tv_nms
+from torchvision.ops import roi_align as tv_roi_align
+
+MODULE_NAME = 'mmcv._ext'
+
+
+class UnavailableOpError(NotImplementedError):
+    """Raised when a compiled mmcv op that torchvision lacks is called."""
+
+
+def _unavailable(name):
+
+    def op(*args, **kwargs):
+        raise UnavailableOpError(
+            f'mmcv op "{name}" is not available: this environment runs '
+            'mmcv-lite with the torchvision-backed ops of bdd100k_ins_seg '
+            '(RoIAlign avg, nms, DeformConv2d, ModulatedDeformConv2d). '
+            'Install mmcv with compiled ops (pip install "mmcv>=2.0,<2.2" '
+            'built for your torch/CUDA) to use it.')
+
+    op.__name__ = name
+    op.unavailable = True
+    return op
+
+
+# --------------------------------------------------------------------------
+# RoIAlign
+# --------------------------------------------------------------------------
+def roi_align_forward(input, rois, output, argmax_y, argmax_x, *,
+                      aligned_height, aligned_width, spatial_scale,
+                      sampling_ratio, pool_mode, aligned):
+    """mmcv ``roi_align_forward``: ``rois`` is (K, 5) ``(batch_idx, x1, y1,
+    x2, y2)``; fills ``output`` (K, C, aligned_height, aligned_width)."""
+    if pool_mode != 1:
+        raise UnavailableOpError(
+            'mmcv op "roi_align_forward" with pool_mode="max" is not '
+            'available with the torchvision-backed ops (only "avg"). Install '
+            'mmcv with compiled ops to use it.')
+    out = tv_roi_align(input, rois.to(input.dtype),
+                       (aligned_height, aligned_width),
+                       spatial_scale=float(spatial_scale),
+                       sampling_ratio=int(sampling_ratio),
+                       aligned=bool(aligned))
+    output.copy_(out)
+
+
+def roi_align_backward(grad_output, rois, argmax_y, argmax_x, grad_input, *,
+                       aligned_height, aligned_width, spatial_scale,
+                       sampling_ratio, pool_mode, aligned):
+    """mmcv ``roi_align_backward``: fills ``grad_input`` (N, C, H, W)."""
+    if pool_mode != 1:
+        raise UnavailableOpError(
+            'mmcv op "roi_align_backward" with pool_mode="max" is not '
+            'available with the torchvision-backed ops (only "avg").')
+    n, c, h, w = grad_input.shape
+    grad = torch.ops.torchvision._roi_align_backward(
+        grad_output, rois.to(grad_output.dtype), float(spatial_scale),
+        int(aligned_height), int(aligned_width), n, c, h, w,
+        int(sampling_ratio), bool(aligned))
+    grad_input.copy_(grad)
+
+
+# --------------------------------------------------------------------------
+# NMS
+# --------------------------------------------------------------------------
+def nms(bboxes, scores, *, iou_threshold, offset):
+    """mmcv ``nms``: indices of kept boxes, highest score first.
+
+    ``offset=1`` is the legacy "+1 pixel" box convention; it equals plain IoU
+    on boxes whose far corner is moved out by one pixel.
+    """
+    if bboxes.numel() == 0:
+        return bboxes.new_zeros(0, dtype=torch.long)
+    if offset:
+        bboxes = torch.cat([bboxes[:, :2], bboxes[:, 2:4] + offset], dim=1)
+    return tv_nms(bboxes, scores, float(iou_threshold))
+
+
+# --------------------------------------------------------------------------
+# Deformable convolution (DCN, no bias) and modulated (DCNv2)
+# --------------------------------------------------------------------------
+def _check_groups(input, weight, group):
+    if input.size(1) != weight.size(1) * group:
+        raise ValueError(
+            f'deform conv: input has {input.size(1)} channels but weight '
+            f'{tuple(weight.shape)} with groups={group} expects '
+            f'{weight.size(1) * group}')
+
+
+def deform_conv_forward(input, weight, offset, output, columns, ones, *, kW,
+                        kH, dW, dH, padW, padH, dilationW, dilationH, group,
+                        deformable_group, im2col_step):
+    _check_groups(input, weight, group)
+    out = tv_deform_conv2d(input, offset, weight, None, stride=(dH, dW),
+                           padding=(padH, padW),
+                           dilation=(dilationH, dilationW))
+    output.copy_(out)
+
+
+def _deform_backward(grad_output, input, weight, offset, mask, bias, stride,
+                     padding, dilation, group, deformable_group):
+    """All gradients of torchvision's deform conv in one call.
+
+    Returns (grad_input, grad_weight, grad_offset, grad_mask, grad_bias).
+    """
+    use_mask = mask is not None
+    if mask is None:
+        mask = input.new_zeros(0)
+    if bias is None or bias.numel() == 0:
+        bias = input.new_zeros(weight.size(0))
+    return torch.ops.torchvision._deform_conv2d_backward(
+        grad_output, input, weight, offset, mask, bias, stride[0], stride[1],
+        padding[0], padding[1], dilation[0], dilation[1], group,
+        deformable_group, use_mask)
+
+
+def deform_conv_backward_input(input, offset, grad_output, grad_input,
+                               grad_offset, weight, columns, *, kW, kH, dW,
+                               dH, padW, padH, dilationW, dilationH, group,
+                               deformable_group, im2col_step):
+    g_in, _, g_off, _, _ = _deform_backward(
+        grad_output, input, weight, offset, None, None, (dH, dW),
+        (padH, padW), (dilationH, dilationW), group, deformable_group)
+    grad_input.copy_(g_in)
+    grad_offset.copy_(g_off)
+
+
+def deform_conv_backward_parameters(input, offset, grad_output, grad_weight,
+                                    columns, ones, *, kW, kH, dW, dH, padW,
+                                    padH, dilationW, dilationH, group,
+                                    deformable_group, scale, im2col_step):
+    # mmcv does not pass the weight to this kernel; a bias-free deform conv is
+    # linear in its weight, so the weight gradient does not depend on it.
+    _, g_w, _, _, _ = _deform_backward(
+        grad_output, input, torch.zeros_like(grad_weight), offset, None, None,
+        (dH, dW), (padH, padW), (dilationH, dilationW), group,
+        deformable_group)
+    grad_weight.add_(g_w, alpha=scale)
+
+
+def modulated_deform_conv_forward(input, weight, bias, ones, offset, mask,
+                                  output, columns, *, kernel_h, kernel_w,
+                                  stride_h, stride_w, pad_h, pad_w,
+                                  dilation_h, dilation_w, group,
+                                  deformable_group, with_bias):
+    _check_groups(input, weight, group)
+    out = tv_deform_conv2d(input, offset, weight,
+                           bias if with_bias else None,
+                           stride=(stride_h, stride_w),
+                           padding=(pad_h, pad_w),
+                           dilation=(dilation_h, dilation_w), mask=mask)
+    output.copy_(out)
+
+
+def modulated_deform_conv_backward(input, weight, bias, ones, offset, mask,
+                                   columns, grad_input, grad_weight,
+                                   grad_bias, grad_offset, grad_mask,
+                                   grad_output, *, kernel_h, kernel_w,
+                                   stride_h, stride_w, pad_h, pad_w,
+                                   dilation_h, dilation_w, group,
+                                   deformable_group, with_bias):
+    g_in, g_w, g_off, g_mask, g_b = _deform_backward(
+        grad_output, input, weight, offset, mask,
+        bias if with_bias else None, (stride_h, stride_w), (pad_h, pad_w),
+        (dilation_h, dilation_w), group, deformable_group)
+    grad_input.copy_(g_in)
+    grad_weight.copy_(g_w)
+    grad_offset.copy_(g_off)
+    grad_mask.copy_(g_mask)
+    if with_bias:
+        grad_bias.copy_(g_b)
+
+
+IMPLEMENTED = {
+    'roi_align_forward': roi_align_forward,
+    'roi_align_backward': roi_align_backward,
+    'nms': nms,
+    'deform_conv_forward': deform_conv_forward,
+    'deform_conv_backward_input': deform_conv_backward_input,
+    'deform_conv_backward_parameters': deform_conv_backward_parameters,
+    'modulated_deform_conv_forward': modulated_deform_conv_forward,
+    'modulated_deform_conv_backward': modulated_deform_conv_backward,
+}
+
+
+class _ExtModule(types.ModuleType):
+    """Module whose unknown attributes are ops that fail when called."""
+
+    def __getattr__(self, name):
+        if name.startswith('__'):
+            raise AttributeError(name)
+        op = _unavailable(name)
+        setattr(self, name, op)
+        return op
+
+
+def make_module():
+    module = _ExtModule(MODULE_NAME, __doc__)
+    module.__file__ = __file__
+    module.backend = 'torchvision'
+    for name, fn in IMPLEMENTED.items():
+        setattr(module, name, fn)
+    return module
