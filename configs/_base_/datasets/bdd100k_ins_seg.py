@@ -1,4 +1,4 @@
-"""BDD100K instance segmentation (10K images, 8 classes), single-scale training.
+"""BDD100K instance segmentation (10K images, 8 classes), single-scale train.
 
 Layout under ``data_root`` (see README "Data"):
   images/10k/{train,val,test}/*.jpg           1280x720 JPEGs

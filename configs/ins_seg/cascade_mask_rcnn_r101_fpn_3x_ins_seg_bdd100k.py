@@ -1,0 +1,7 @@
+"""Cascade Mask R-CNN R-101-FPN, 36 epochs, batch 8x2, single-scale."""
+_base_ = './cascade_mask_rcnn_r50_fpn_3x_ins_seg_bdd100k.py'
+model = dict(
+    backbone=dict(
+        depth=101,
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='torchvision://resnet101')))

@@ -1,0 +1,6 @@
+"""Mask R-CNN R-101-FPN + DCN c3-c5, 36 epochs, batch 8x4, multi-scale."""
+_base_ = './mask_rcnn_r101_fpn_dconv_3x_ins_seg_bdd100k.py'
+train_dataloader = dict(batch_size=4)  # 8 GPUs x 4 images = 32
+optim_wrapper = dict(optimizer=dict(lr=0.04))  # 0.02 x 32 / 16
+# Lets `--auto-scale-lr` rescale lr 0.04 for a different total batch.
+auto_scale_lr = dict(base_batch_size=32)

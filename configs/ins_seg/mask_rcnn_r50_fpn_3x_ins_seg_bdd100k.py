@@ -1,0 +1,11 @@
+"""Mask R-CNN R-50-FPN, 36 epochs, batch 8x2, multi-scale."""
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    '../_base_/datasets/bdd100k_ins_seg_ms.py',
+    '../_base_/default_runtime.py',
+    '../_base_/schedules/schedule_3x.py',  # 36 epochs, lr 0.02 for 8x2
+]
+model = dict(
+    roi_head=dict(
+        bbox_head=dict(num_classes=8),  # the 8 BDD100K classes
+        mask_head=dict(num_classes=8)))
