@@ -9,8 +9,12 @@ from .ops import install as _install_ops
 _install_ops()
 
 from .ops import ops_backend  # noqa: E402
+from .checkpoint import install as _install_checkpoint  # noqa: E402
+
+_install_checkpoint()
 
 __version__ = '0.1.0'
 __all__ = ['ops_backend', '__version__']
 
 from . import datasets  # noqa: E402,F401  (registers BDD100K datasets)
+from . import evaluation  # noqa: E402,F401  (registers BDD100KInsSegMetric)

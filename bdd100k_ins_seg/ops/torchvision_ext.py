@@ -18,6 +18,8 @@ to a function that raises :class:`UnavailableOpError` when called, so
 importing works and only a model that really needs another op fails, with a
 message that names the op.
 """
+import importlib.abc
+import importlib.machinery
 import types
 
 import torch
@@ -218,9 +220,22 @@ class _ExtModule(types.ModuleType):
         return op
 
 
+class _ProviderLoader(importlib.abc.Loader):
+    """Loader of the stand-in, so ``importlib``/``pkgutil`` look-ups of
+    ``mmcv._ext`` (mmengine's ``mmcv_full_available``) find it."""
+
+    def create_module(self, spec):
+        return make_module()
+
+    def exec_module(self, module):
+        pass
+
+
 def make_module():
     module = _ExtModule(MODULE_NAME, __doc__)
     module.__file__ = __file__
+    module.__spec__ = importlib.machinery.ModuleSpec(
+        MODULE_NAME, _ProviderLoader(), origin=__file__)
     module.backend = 'torchvision'
     for name, fn in IMPLEMENTED.items():
         setattr(module, name, fn)
