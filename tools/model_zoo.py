@@ -1,0 +1,126 @@
+"""The BDD100K model zoo from the command line.
+
+  python tools/model_zoo.py list [--params]       the 26 models (+ built sizes)
+  python tools/model_zoo.py download NAME [...]   fetch + MD5-check weights
+  python tools/model_zoo.py verify [NAME ...]     re-check downloaded weights
+  python tools/model_zoo.py readme [--check]      regenerate / check README table
+
+NAME is a model name as `list` prints it (with or without the
+`_ins_seg_bdd100k` suffix). Weights go to ~/.cache/bdd100k_ins_seg/checkpoints
+(or $BDD100K_INS_SEG_CACHE); $BDD100K_INS_SEG_MIRROR replaces the download
+host with a mirror URL or a local folder. The catalogue is
+configs/ins_seg/metafile.yml.
+"""
+import argparse
+import sys
+
+from bdd100k_ins_seg import zoo
+
+
+def cmd_list(args):
+    catalogue = zoo.load_catalogue()
+    header = (f'{"name":<42} {"epochs":>6} {"batch":>5} {"MS":>3} '
+              f'{"mask AP val":>11} {"box AP val":>10}')
+    if args.params:
+        header += f' {"params (built)":>15}'
+    print(header)
+    mismatches = []
+    for entry in catalogue.values():
+        row = (f'{entry.name:<42} {entry.epochs:>6} {entry.batch_size:>5} '
+               f'{"yes" if entry.ms_train else "no":>3} '
+               f'{entry.results[("val", "mask")]:>11.2f} '
+               f'{entry.results[("val", "box")]:>10.2f}')
+        if args.params:
+            # Builds each model (a few seconds each on CPU, nothing loaded).
+            count = zoo.count_parameters(entry.config_path)
+            row += f' {count:>15,}'
+            if count != entry.parameters:
+                mismatches.append(entry.name)
+                row += f'  (metafile says {entry.parameters:,})'
+        print(row, flush=True)
+    if mismatches:
+        print(f'error: parameter counts differ from the metafile for '
+              f'{", ".join(mismatches)}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_download(args):
+    for name in args.names:
+        print(zoo.download(name, progress=not args.quiet))
+    return 0
+
+
+def cmd_verify(args):
+    catalogue = zoo.load_catalogue()
+    names = args.names or list(catalogue)
+    failed = 0
+    checked = 0
+    for name in names:
+        status, message = zoo.verify(name)
+        if status == 'missing' and not args.names:
+            continue  # without names: check what has been downloaded
+        checked += 1
+        print(message)
+        failed += status != 'ok'
+    if not args.names and not checked:
+        print(f'no downloaded weights in {zoo.cache_dir()}')
+    return 1 if failed else 0
+
+
+def cmd_readme(args):
+    readme = zoo.REPO_ROOT / 'README.md'
+    text = readme.read_text(encoding='utf-8')
+    updated = zoo.replace_table(text, zoo.render_tables())
+    if args.check:
+        if updated != text:
+            print(f'error: the model table in {readme.name} differs from '
+                  f'{zoo.METAFILE.relative_to(zoo.REPO_ROOT)}; run '
+                  '`python tools/model_zoo.py readme`', file=sys.stderr)
+            return 1
+        print(f'{readme.name} model table matches the metafile')
+        return 0
+    if updated != text:
+        readme.write_text(updated, encoding='utf-8')
+        print(f'updated the model table in {readme}')
+    else:
+        print(f'{readme.name} model table already up to date')
+    return 0
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1])
+    sub = parser.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('list', help='list the models of the catalogue')
+    p.add_argument('--params', action='store_true',
+                   help='build every model and print its parameter count')
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser('download', help='download and verify weights')
+    p.add_argument('names', nargs='+', metavar='NAME')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.set_defaults(func=cmd_download)
+    p = sub.add_parser('verify', help='check downloaded weights (MD5)')
+    p.add_argument('names', nargs='*', metavar='NAME',
+                   help='default: every downloaded model')
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser('readme', help='regenerate the README model table')
+    p.add_argument('--check', action='store_true',
+                   help='only check it; exit 1 when it is out of date')
+    p.set_defaults(func=cmd_readme)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return args.func(args)
+    except zoo.ZooError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
