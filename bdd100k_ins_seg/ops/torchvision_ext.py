@@ -49,6 +49,33 @@ def _unavailable(name):
     return op
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _call(fn, *args, **kwargs):
+    """Call a torchvision kernel; where it has no float16/bfloat16 kernel
+    (most CPU kernels), compute in float32 and cast the result back."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, NotImplementedError) as e:
+        dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor)}
+        low = dtypes & set(_LOW_PRECISION)
+        if not low or 'not implemented for' not in str(e):
+            raise
+    dtype = low.pop()
+
+    def up(a):
+        return a.float() if isinstance(a, torch.Tensor) and \
+            a.dtype in _LOW_PRECISION else a
+
+    def down(r):
+        return r.to(dtype) if isinstance(r, torch.Tensor) and \
+            r.is_floating_point() else r
+
+    out = fn(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+    return tuple(down(r) for r in out) if isinstance(out, tuple) else down(out)
+
+
 # --------------------------------------------------------------------------
 # RoIAlign
 # --------------------------------------------------------------------------
@@ -62,7 +89,7 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x, *,
             'mmcv op "roi_align_forward" with pool_mode="max" is not '
             'available with the torchvision-backed ops (only "avg"). Install '
             'mmcv with compiled ops to use it.')
-    out = tv_roi_align(input, rois.to(input.dtype),
+    out = _call(tv_roi_align, input, rois.to(input.dtype),
                        (aligned_height, aligned_width),
                        spatial_scale=float(spatial_scale),
                        sampling_ratio=int(sampling_ratio),
@@ -79,10 +106,10 @@ def roi_align_backward(grad_output, rois, argmax_y, argmax_x, grad_input, *,
             'mmcv op "roi_align_backward" with pool_mode="max" is not '
             'available with the torchvision-backed ops (only "avg").')
     n, c, h, w = grad_input.shape
-    grad = torch.ops.torchvision._roi_align_backward(
-        grad_output, rois.to(grad_output.dtype), float(spatial_scale),
-        int(aligned_height), int(aligned_width), n, c, h, w,
-        int(sampling_ratio), bool(aligned))
+    grad = _call(torch.ops.torchvision._roi_align_backward, grad_output,
+                 rois.to(grad_output.dtype), float(spatial_scale),
+                 int(aligned_height), int(aligned_width), n, c, h, w,
+                 int(sampling_ratio), bool(aligned))
     grad_input.copy_(grad)
 
 
@@ -99,7 +126,7 @@ def nms(bboxes, scores, *, iou_threshold, offset):
         return bboxes.new_zeros(0, dtype=torch.long)
     if offset:
         bboxes = torch.cat([bboxes[:, :2], bboxes[:, 2:4] + offset], dim=1)
-    return tv_nms(bboxes, scores, float(iou_threshold))
+    return _call(tv_nms, bboxes, scores, float(iou_threshold))
 
 
 # --------------------------------------------------------------------------
@@ -117,9 +144,9 @@ def deform_conv_forward(input, weight, offset, output, columns, ones, *, kW,
                         kH, dW, dH, padW, padH, dilationW, dilationH, group,
                         deformable_group, im2col_step):
     _check_groups(input, weight, group)
-    out = tv_deform_conv2d(input, offset, weight, None, stride=(dH, dW),
-                           padding=(padH, padW),
-                           dilation=(dilationH, dilationW))
+    out = _call(tv_deform_conv2d, input, offset, weight, None,
+                stride=(dH, dW), padding=(padH, padW),
+                dilation=(dilationH, dilationW))
     output.copy_(out)
 
 
@@ -130,14 +157,14 @@ def _deform_backward(grad_output, input, weight, offset, mask, bias, stride,
     Returns (grad_input, grad_weight, grad_offset, grad_mask, grad_bias).
     """
     use_mask = mask is not None
-    if mask is None:
-        mask = input.new_zeros(0)
+    if mask is None:  # torchvision's placeholder when use_mask is False
+        mask = input.new_zeros(input.size(0), 1)
     if bias is None or bias.numel() == 0:
         bias = input.new_zeros(weight.size(0))
-    return torch.ops.torchvision._deform_conv2d_backward(
-        grad_output, input, weight, offset, mask, bias, stride[0], stride[1],
-        padding[0], padding[1], dilation[0], dilation[1], group,
-        deformable_group, use_mask)
+    return _call(torch.ops.torchvision._deform_conv2d_backward, grad_output,
+                 input, weight, offset, mask, bias, stride[0], stride[1],
+                 padding[0], padding[1], dilation[0], dilation[1], group,
+                 deformable_group, use_mask)
 
 
 def deform_conv_backward_input(input, offset, grad_output, grad_input,
@@ -170,11 +197,10 @@ def modulated_deform_conv_forward(input, weight, bias, ones, offset, mask,
                                   dilation_h, dilation_w, group,
                                   deformable_group, with_bias):
     _check_groups(input, weight, group)
-    out = tv_deform_conv2d(input, offset, weight,
-                           bias if with_bias else None,
-                           stride=(stride_h, stride_w),
-                           padding=(pad_h, pad_w),
-                           dilation=(dilation_h, dilation_w), mask=mask)
+    out = _call(tv_deform_conv2d, input, offset, weight,
+                bias if with_bias else None, stride=(stride_h, stride_w),
+                padding=(pad_h, pad_w), dilation=(dilation_h, dilation_w),
+                mask=mask)
     output.copy_(out)
 
 

@@ -1,0 +1,389 @@
+"""The torchvision-backed mmcv ops against plain-PyTorch references."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bdd100k_ins_seg
+from mmcv.ops import (DeformConv2d, ModulatedDeformConv2d, batched_nms,
+                      deform_conv2d, modulated_deform_conv2d, nms, roi_align)
+
+from bdd100k_ins_seg.ops.torchvision_ext import UnavailableOpError
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+def test_backend_is_reported():
+    assert bdd100k_ins_seg.ops_backend() == 'torchvision'
+    import mmcv
+    assert mmcv._ext.backend == 'torchvision'
+
+
+# ---------------------------------------------------------------- RoIAlign
+def _bilinear(feat, y, x):
+    """feat: (C, H, W); one sample point, mmcv/Detectron2 border rules."""
+    c, h, w = feat.shape
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return feat.new_zeros(c)
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= h - 1:
+        y_low = y_high = h - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= w - 1:
+        x_low = x_high = w - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1.0 - ly, 1.0 - lx
+    return (hy * hx * feat[:, y_low, x_low] + hy * lx * feat[:, y_low, x_high]
+            + ly * hx * feat[:, y_high, x_low] +
+            ly * lx * feat[:, y_high, x_high])
+
+
+def roi_align_reference(feats, rois, out_size, scale, sampling_ratio,
+                        aligned):
+    """Slow RoIAlign (avg): feats (N, C, H, W), rois (K, 5) -> (K, C, ph, pw)."""
+    ph, pw = out_size
+    out = feats.new_zeros(rois.size(0), feats.size(1), ph, pw)
+    offset = 0.5 if aligned else 0.0
+    for k, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        x1, y1 = x1 * scale - offset, y1 * scale - offset
+        x2, y2 = x2 * scale - offset, y2 * scale - offset
+        roi_w, roi_h = x2 - x1, y2 - y1
+        if not aligned:
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_h, bin_w = roi_h / ph, roi_w / pw
+        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(
+            roi_h / ph)
+        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(
+            roi_w / pw)
+        count = max(grid_h * grid_w, 1)
+        for i in range(ph):
+            for j in range(pw):
+                acc = feats.new_zeros(feats.size(1))
+                for iy in range(grid_h):
+                    y = y1 + i * bin_h + (iy + 0.5) * bin_h / grid_h
+                    for ix in range(grid_w):
+                        x = x1 + j * bin_w + (ix + 0.5) * bin_w / grid_w
+                        acc += _bilinear(feats[int(b)], y, x)
+                out[k, :, i, j] = acc / count
+    return out
+
+
+def _random_rois(n, batch, height, width, scale, gen):
+    """Boxes in image coordinates, some partly outside the feature map."""
+    xy = torch.rand(n, 2, generator=gen) * torch.tensor(
+        [width, height]) / scale * 1.2 - 2.0
+    wh = torch.rand(n, 2, generator=gen) * torch.tensor(
+        [width, height]) / scale * 0.7 + 0.3
+    idx = torch.randint(0, batch, (n, 1), generator=gen).double()
+    return torch.cat([idx, xy, xy + wh], dim=1).double()
+
+
+@pytest.mark.parametrize('aligned', [True, False])
+@pytest.mark.parametrize('sampling_ratio', [0, 2])
+def test_roi_align_matches_reference(aligned, sampling_ratio):
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64)
+    scale = 0.5
+    rois = _random_rois(12, 2, 9, 11, scale, gen)
+    out = roi_align(feats, rois, (3, 4), scale, sampling_ratio, 'avg',
+                    aligned)
+    ref = roi_align_reference(feats, rois, (3, 4), scale, sampling_ratio,
+                              aligned)
+    assert out.shape == (12, 3, 3, 4)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-8)
+    # the boxes really reach outside the map, where samples are zero
+    assert (rois[:, 1:3] < 0).any()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('aligned', [True, False])
+def test_roi_align_gradcheck(device, aligned):
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(1, 2, 6, 7, generator=gen, dtype=torch.float64)
+    rois = torch.tensor([[0, 0.6, 1.3, 4.2, 5.1], [0, 2.2, 0.4, 6.9, 3.3]],
+                        dtype=torch.float64)
+    feats = feats.to(device).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda f: roi_align(f, rois.to(device), (2, 2), 1.0, 2, 'avg',
+                            aligned), (feats, ))
+
+
+def test_roi_align_low_precision_falls_back_on_cpu():
+    feats = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0]])
+    ref = roi_align(feats, rois, (2, 2), 1.0, 2, 'avg', True)
+    for dtype in (torch.float16, torch.bfloat16):
+        out = roi_align(feats.to(dtype), rois.to(dtype), (2, 2), 1.0, 2,
+                        'avg', True)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_roi_align_max_mode_fails_with_op_name():
+    with pytest.raises(UnavailableOpError, match='roi_align_forward'):
+        roi_align(torch.randn(1, 1, 4, 4), torch.tensor([[0, 0, 0, 2.,
+                                                           2.]]), (2, 2),
+                  1.0, 0, 'max', True)
+
+
+# --------------------------------------------------------------------- NMS
+def nms_reference(boxes, scores, iou_thr, offset=0):
+    order = scores.argsort(descending=True).tolist()
+    keep = []
+    area = (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1]
+                                                   + offset)
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        rest = []
+        for j in order:
+            w = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0],
+                                                    boxes[j, 0]) + offset
+            h = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1],
+                                                    boxes[j, 1]) + offset
+            inter = max(float(w), 0.0) * max(float(h), 0.0)
+            iou = inter / (area[i] + area[j] - inter)
+            if iou <= iou_thr:
+                rest.append(j)
+        order = rest
+    return keep
+
+
+@pytest.mark.parametrize('offset', [0, 1])
+@pytest.mark.parametrize('iou_thr', [0.3, 0.7])
+def test_nms_matches_reference(offset, iou_thr):
+    gen = torch.Generator().manual_seed(2)
+    xy = torch.rand(60, 2, generator=gen) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=gen) * 20],
+                      1)
+    scores = torch.rand(60, generator=gen)
+    dets, inds = nms(boxes, scores, iou_thr, offset=offset)
+    assert inds.tolist() == nms_reference(boxes, scores, iou_thr, offset)
+    torch.testing.assert_close(dets[:, 4], scores[inds])
+    assert 0 < len(inds) < 60
+
+
+def test_batched_nms_keeps_classes_apart():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10.]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.tensor([0, 0, 1])
+    dets, keep = batched_nms(boxes, scores, labels,
+                             dict(type='nms', iou_threshold=0.5))
+    assert keep.tolist() == [0, 2]
+    empty, keep = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
+    assert empty.shape == (0, 5) and keep.numel() == 0
+
+
+# ---------------------------------------------------- deformable convolution
+def _dcn_inputs(gen, dtype=torch.float64, n=1, c=4, h=6, w=7, groups=1,
+                deform_groups=1, k=3):
+    x = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    weight = torch.randn(6, c // groups, k, k, generator=gen, dtype=dtype)
+    offset = torch.randn(n, 2 * deform_groups * k * k, h, w, generator=gen,
+                         dtype=dtype) * 0.7
+    return x, weight, offset
+
+
+def test_deform_conv_zero_offset_equals_conv2d():
+    gen = torch.Generator().manual_seed(3)
+    x, weight, offset = _dcn_inputs(gen, torch.float32, n=2, groups=2,
+                                    deform_groups=2)
+    out = deform_conv2d(x, offset.zero_(), weight, 1, 1, 1, 2, 2)
+    torch.testing.assert_close(out, F.conv2d(x, weight, padding=1, groups=2),
+                               rtol=1e-5, atol=1e-5)
+    # stride 2, dilation 2
+    ref = F.conv2d(x, weight, stride=2, padding=1, dilation=2, groups=2)
+    offset = torch.zeros(2, 36, *ref.shape[2:])
+    out = deform_conv2d(x, offset, weight, 2, 1, 2, 2, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_deform_conv_integer_offset_equals_shifted_conv():
+    """Offsets are (dy, dx) per kernel position: dy=1 samples one row down.
+
+    The zero padding moves with the samples, so the reference shifts the
+    padded input and convolves it without padding.
+    """
+    gen = torch.Generator().manual_seed(4)
+    x, weight, offset = _dcn_inputs(gen, torch.float32)
+    padded = F.pad(x, (1, 1, 1, 1))
+    offset = torch.zeros_like(offset)
+    offset[:, 0::2] = 1.0  # dy = +1 for every kernel position
+    shifted = torch.zeros_like(padded)
+    shifted[:, :, :-1] = padded[:, :, 1:]
+    out = deform_conv2d(x, offset, weight, 1, 1)
+    torch.testing.assert_close(out, F.conv2d(shifted, weight), rtol=1e-5,
+                               atol=1e-5)
+    offset = torch.zeros_like(offset)
+    offset[:, 1::2] = -2.0  # dx = -2
+    shifted = torch.zeros_like(padded)
+    shifted[:, :, :, 2:] = padded[:, :, :, :-2]
+    out = deform_conv2d(x, offset, weight, 1, 1)
+    torch.testing.assert_close(out, F.conv2d(shifted, weight), rtol=1e-5,
+                               atol=1e-5)
+    # and the plain (unshifted) conv really differs
+    assert not torch.allclose(out, F.conv2d(x, weight, padding=1))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_deform_conv_gradcheck(device):
+    gen = torch.Generator().manual_seed(5)
+    x, weight, offset = _dcn_inputs(gen, c=2, h=4, w=5)
+    weight = weight[:, :2].contiguous()
+    args = [t.to(device).requires_grad_() for t in (x, offset, weight)]
+    assert torch.autograd.gradcheck(
+        lambda a, o, w: deform_conv2d(a, o, w, 1, 1), args, atol=1e-5)
+
+
+def test_modulated_deform_conv_mask_one_equals_deform_conv():
+    gen = torch.Generator().manual_seed(6)
+    x, weight, offset = _dcn_inputs(gen, torch.float32)
+    bias = torch.randn(6, generator=gen)
+    mask = torch.ones(1, 9, 6, 7)
+    out = modulated_deform_conv2d(x, offset, mask, weight, bias, 1, 1)
+    ref = deform_conv2d(x, offset, weight, 1, 1) + bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # mask 0.5 halves the bias-free response
+    half = modulated_deform_conv2d(x, offset, mask * 0.5, weight, None, 1, 1)
+    torch.testing.assert_close(half * 2, ref - bias.view(1, -1, 1, 1),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_modulated_deform_conv_gradcheck(device):
+    gen = torch.Generator().manual_seed(7)
+    x, weight, offset = _dcn_inputs(gen, c=2, h=4, w=5)
+    weight = weight[:, :2].contiguous()
+    mask = torch.rand(1, 9, 4, 5, generator=gen, dtype=torch.float64)
+    bias = torch.randn(6, generator=gen, dtype=torch.float64)
+    args = [
+        t.to(device).requires_grad_()
+        for t in (x, offset, mask, weight, bias)
+    ]
+    assert torch.autograd.gradcheck(
+        lambda a, o, m, w, b: modulated_deform_conv2d(a, o, m, w, b, 1, 1),
+        args, atol=1e-5)
+
+
+def test_dcn_modules_train_step():
+    """The modules mmdet builds for 'DCN' / 'DCNv2' learn their offsets."""
+    torch.manual_seed(0)
+    for module in (DeformConv2d(4, 4, 3, padding=1),
+                   ModulatedDeformConv2d(4, 4, 3, padding=1)):
+        x = torch.randn(1, 4, 6, 6)
+        offset = torch.randn(1, 18, 6, 6, requires_grad=True)
+        if isinstance(module, ModulatedDeformConv2d):
+            out = module(x, offset, torch.rand(1, 9, 6, 6))
+        else:
+            out = module(x, offset)
+        out.square().mean().backward()
+        assert offset.grad.abs().sum() > 0
+        assert module.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------ other mmcv ops
+def test_unavailable_op_fails_only_when_called():
+    from mmcv.ops import box_iou_rotated  # import works
+    with pytest.raises(UnavailableOpError) as err:
+        box_iou_rotated(torch.rand(2, 5), torch.rand(2, 5))
+    assert 'box_iou_rotated' in str(err.value)
+    assert 'mmcv' in str(err.value) and 'compiled' in str(err.value)
+
+
+def test_real_compiled_ext_is_used_when_present(tmp_path):
+    """With mmcv's own _ext importable, nothing is installed."""
+    code = (
+        'import sys, types\n'
+        'class Ext(types.ModuleType):\n'
+        '    def __getattr__(self, name):\n'
+        '        if name.startswith("__"): raise AttributeError(name)\n'
+        '        return lambda *a, **k: "compiled"\n'
+        'sys.modules["mmcv._ext"] = Ext("mmcv._ext")\n'
+        'import bdd100k_ins_seg\n'
+        'import mmcv\n'
+        'print(bdd100k_ins_seg.ops_backend(),'
+        ' sys.modules["mmcv._ext"].nms())\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['mmcv', 'compiled']
+
+
+# ------------------------------------------------- models built from mmdet
+def _mmdet_model(tmp_path, backbone_diff=None):
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    cfg_file = tmp_path / 'model.py'
+    cfg_file.write_text(
+        "_base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'\n"
+        'model = dict(roi_head=dict(bbox_head=dict(num_classes=8),'
+        ' mask_head=dict(num_classes=8)))\n')
+    cfg = Config.fromfile(str(cfg_file))
+    cfg.model.backbone.init_cfg = None
+    if backbone_diff:
+        cfg.model.backbone.update(backbone_diff)
+    return MODELS.build(cfg.model)
+
+
+def _sample(h, w, with_gt):
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    from mmdet.structures.mask import BitmapMasks
+    import numpy as np
+    sample = DetDataSample(metainfo=dict(
+        img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
+        pad_shape=(h, w), batch_input_shape=(h, w)))
+    if with_gt:
+        gt = InstanceData()
+        gt.bboxes = torch.tensor([[10.0, 12.0, 60.0, 50.0],
+                                  [70.0, 20.0, 120.0, 90.0]])
+        gt.labels = torch.tensor([2, 0])
+        masks = np.zeros((2, h, w), dtype=np.uint8)
+        masks[0, 12:50, 10:60] = 1
+        masks[1, 20:90, 70:120] = 1
+        gt.masks = BitmapMasks(masks, h, w)
+        sample.gt_instances = gt
+    return sample
+
+
+@pytest.mark.parametrize('variant', ['mask_rcnn_r50', 'dcn_r50'])
+def test_mask_rcnn_predict_and_train_step_on_cpu(tmp_path, variant):
+    torch.manual_seed(0)
+    diff = None
+    if variant == 'dcn_r50':
+        diff = dict(dcn=dict(type='DCN', deform_groups=1,
+                             fallback_on_stride=False),
+                    stage_with_dcn=(False, True, True, True))
+    model = _mmdet_model(tmp_path, diff)
+    if variant == 'dcn_r50':
+        from mmcv.ops import DeformConv2dPack
+        assert any(isinstance(m, DeformConv2dPack) for m in model.modules())
+    h, w = 128, 160
+    img = torch.randn(1, 3, h, w)
+    model.eval()
+    with torch.no_grad():
+        pred = model.predict(img, [_sample(h, w, False)])[0].pred_instances
+    assert pred.masks.shape[1:] == (h, w) and len(pred) <= 100
+    assert int(pred.labels.max()) < 8 if len(pred) else True
+    model.train()
+    losses = model.loss(img, [_sample(h, w, True)])
+    total, log_vars = model.parse_losses(losses)
+    assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(log_vars)
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 100 and all(torch.isfinite(g).all() for g in grads)
+    if variant == 'dcn_r50':
+        conv_offset = model.backbone.layer2[0].conv2.conv_offset.weight
+        assert conv_offset.grad is not None
