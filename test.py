@@ -1,0 +1,205 @@
+"""Test a BDD100K instance-segmentation model; write and/or score bitmasks.
+
+    python test.py CONFIG [CHECKPOINT] --format-only --format-dir OUT
+    python test.py CONFIG [CHECKPOINT] --eval [--out-file results.json]
+    python test.py CONFIG [CHECKPOINT] --img-dir FOLDER --format-dir OUT
+
+Without CHECKPOINT the config's published weights are used (downloaded and
+verified by bdd100k_ins_seg.zoo). OUT gets bitmasks/<image stem>.png and
+score.json, the input of ``python -m bdd100k.eval.run -t ins_seg``.
+Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS [ARGS]; on a machine
+without CUDA the processes run on CPU and talk over gloo.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Test a BDD100K instance-segmentation model')
+    parser.add_argument('config', help='config file')
+    parser.add_argument(
+        'checkpoint', nargs='?',
+        help='checkpoint file (default: the published weights of CONFIG)')
+    parser.add_argument('--format-only', action='store_true',
+                        help='only write the prediction bitmasks (no GT '
+                        'needed, e.g. the test split)')
+    parser.add_argument('--format-dir',
+                        help='folder for bitmasks/*.png and score.json')
+    parser.add_argument('--eval', action='store_true',
+                        help='score against the GT bitmasks (the config\'s '
+                        'test_evaluator.gt_dir) and print the official table')
+    parser.add_argument('--gt-dir', help='GT bitmask folder for --eval')
+    parser.add_argument('--out-file',
+                        help='save the full official results (json)')
+    parser.add_argument('--img-dir',
+                        help='run on every image of this folder (no labels; '
+                        'implies --format-only)')
+    parser.add_argument('--show-dir',
+                        help='save drawn predictions under work_dir/'
+                        '<timestamp>/SHOW_DIR')
+    parser.add_argument('--work-dir', help='logs folder (default: '
+                        './work_dirs/<config stem>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        metavar='KEY=VALUE', help='override config settings, e.g. '
+                        'test_dataloader.batch_size=2')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2) or
+    # --local_rank (older); torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if args.img_dir:
+        args.format_only = True
+    if args.format_only and not args.format_dir:
+        parser.error('--format-only/--img-dir need --format-dir')
+    if not (args.format_only or args.format_dir or args.eval):
+        args.eval = True  # plain `test.py CONFIG CKPT` scores, as in mmdet
+    return args
+
+
+def fail(message: str) -> None:
+    sys.exit(f'test.py: error: {message}')
+
+
+def init_cpu_distributed(launcher: str) -> None:
+    """Start a gloo process group on a machine without CUDA.
+
+    mmengine's launchers call ``torch.cuda.set_device`` and wrap the model in
+    DDP with a device id; inference needs neither, only the group (for the
+    sampler's sharding and the metric's result gathering).
+    """
+    import torch.distributed as dist
+    if launcher == 'slurm':
+        os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+        os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+        os.environ.setdefault('MASTER_PORT', '29500')
+        if 'MASTER_ADDR' not in os.environ:
+            import subprocess
+            nodes = os.environ['SLURM_NODELIST']
+            os.environ['MASTER_ADDR'] = subprocess.getoutput(
+                f'scontrol show hostname {nodes} | head -n1')
+    dist.init_process_group(backend='gloo')
+
+
+def main():
+    args = parse_args()
+    if not osp.isfile(args.config):
+        fail(f'config not found: {args.config}')
+    if args.img_dir and not osp.isdir(args.img_dir):
+        fail(f'image folder not found: {args.img_dir}')
+    if (args.checkpoint and '://' not in args.checkpoint
+            and not osp.isfile(args.checkpoint)):
+        fail(f'checkpoint not found: {args.checkpoint}')
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    try:
+        cfg = Config.fromfile(args.config)
+    except Exception as e:  # syntax errors, missing bases, bad imports
+        fail(f'cannot load config {args.config}: '
+             f'{type(e).__name__}: {e}'.replace('\n', ' '))
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from bdd100k_ins_seg.zoo import checkpoint_for_config
+        try:
+            checkpoint = checkpoint_for_config(args.config)
+        except Exception as e:  # unknown config, download/md5 failure
+            fail(f'no published weights for {args.config}: {e}')
+    if '://' not in checkpoint and not osp.isfile(checkpoint):
+        fail(f'checkpoint not found: {checkpoint}')
+
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    # Only the test loop runs: leave out the training/validation parts
+    # (mmengine wants each trio complete or absent).
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
+                'param_scheduler', 'val_dataloader', 'val_cfg',
+                'val_evaluator'):
+        cfg[key] = None
+    if cfg.get('test_cfg') is None:
+        cfg.test_cfg = dict(type='TestLoop')
+    # Weights are loaded below, where a bad file gives a one-line error.
+    cfg.load_from = None
+    cfg.resume = False
+
+    if args.img_dir:
+        # An unlabeled folder: images only, the base's unlabeled pipeline.
+        dataloader = cfg.test_dataloader
+        dataset = dict(
+            type='BDD100KImageFolderDataset',
+            data_root='',
+            data_prefix=dict(img=args.img_dir),
+            pipeline=cfg.get('unlabeled_test_pipeline',
+                             dataloader.dataset.pipeline),
+            test_mode=True)
+        dataloader.dataset = dataset
+
+    evaluator = dict(type='BDD100KInsSegMetric')
+    old = cfg.get('test_evaluator', {})
+    if isinstance(old, dict) and old.get('type') == 'BDD100KInsSegMetric':
+        evaluator.update(old)
+    evaluator['format_only'] = args.format_only
+    if args.format_dir:
+        evaluator['outfile_prefix'] = args.format_dir
+    if args.gt_dir:
+        evaluator['gt_dir'] = args.gt_dir
+    if args.eval and not evaluator.get('gt_dir'):
+        fail('--eval needs GT bitmasks: set --gt-dir')
+    if args.eval and not osp.isdir(evaluator['gt_dir']):
+        fail(f'GT bitmask folder not found: {evaluator["gt_dir"]}')
+    if args.format_only:
+        evaluator['gt_dir'] = None
+    cfg.test_evaluator = evaluator
+
+    if args.show_dir:
+        hooks = cfg.default_hooks
+        hooks.visualization = dict(
+            type='DetVisualizationHook', draw=True, test_out_dir=args.show_dir)
+
+    cfg.launcher = args.launcher
+    if not torch.cuda.is_available():
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+        cfg.env_cfg.dist_cfg.backend = 'gloo'
+        if args.launcher != 'none':
+            init_cpu_distributed(args.launcher)
+            cfg.launcher = 'none'  # group is up; no DDP wrapper on CPU
+
+    runner = Runner.from_cfg(cfg)
+    try:
+        runner.load_checkpoint(checkpoint, map_location='cpu')
+    except Exception as e:  # truncated, not a checkpoint, unsafe pickle
+        fail(f'cannot load checkpoint {checkpoint}: '
+             f'{type(e).__name__}: {e}'.replace('\n', ' '))
+    try:
+        metrics = runner.test()
+    except (FileNotFoundError, ValueError) as e:  # data / GT problems
+        fail(str(e).replace('\n', ' '))
+
+    official = runner.test_evaluator.metrics[0].last_result
+    if args.out_file and runner.rank == 0 and official is not None:
+        # The same json as `python -m bdd100k.eval.run ... --out-file`.
+        os.makedirs(osp.dirname(osp.abspath(args.out_file)), exist_ok=True)
+        with open(args.out_file, 'w', encoding='utf-8') as f:
+            json.dump(official, f, indent=2)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
