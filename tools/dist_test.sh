@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Test on GPUS processes of this machine (CPU-only machines use gloo):
+#   tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options]
+# NNODES, NODE_RANK, MASTER_ADDR and PORT set up multi-node runs.
+set -euo pipefail
+
+CONFIG=$1
+CHECKPOINT=$2
+GPUS=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+ROOT="$(dirname "$0")/.."
+
+PYTHONPATH="$ROOT":${PYTHONPATH:-} \
+python -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$ROOT/test.py" \
+    "$CONFIG" \
+    "$CHECKPOINT" \
+    --launcher pytorch \
+    "${@:4}"
