@@ -1,0 +1,111 @@
+"""Mask R-CNN with a half-width ResNet-18 + FPN-64, trained from scratch on
+the embedded sample (320x192 driving scenes, tools/make_sample_data.py) in a
+few minutes on 2 CPU cores. What `make demo` trains.
+
+On 2 cores the number of updates matters more than model size, so the model
+is narrow, the batch small and the RoI sampling light.
+"""
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    '../_base_/datasets/bdd100k_ins_seg.py',
+    '../_base_/default_runtime.py',
+]
+
+data_root = 'data/bdd100k_sample/'
+image_size = (320, 192)  # (width, height) of the sample images
+max_iters = 800
+
+model = dict(
+    backbone=dict(
+        depth=18,
+        base_channels=32,  # half width: stage outputs 32, 64, 128, 256
+        # From scratch: every stage and every BN layer trains.
+        frozen_stages=-1,
+        norm_eval=False,
+        init_cfg=None),
+    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
+    rpn_head=dict(
+        in_channels=64,
+        feat_channels=64,
+        # Objects are 5-150 px tall here: anchors of 16-256 px, not 32-512.
+        anchor_generator=dict(scales=[4])),
+    roi_head=dict(
+        # sampling_ratio=0 (adaptive) as in mmdet's base: cheaper than a
+        # fixed 2x2 grid on small RoIs.
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=8),
+        mask_roi_extractor=dict(out_channels=64),
+        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=8)),
+    train_cfg=dict(
+        # ~15 objects per image: 400 proposals before NMS and 64 sampled
+        # RoIs per image are plenty, and much cheaper than 2000 / 512.
+        rpn_proposal=dict(nms_pre=400, max_per_img=200),
+        rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(rpn=dict(nms_pre=400, max_per_img=200)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor')),
+]
+unlabeled_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor')),
+]
+
+# Small images load in milliseconds: worker processes would only take CPU
+# time away from the model on 2 cores.
+train_dataloader = dict(
+    batch_size=4,  # more updates per minute than 8; lr below is for 4
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(gt_dir=data_root + 'labels/ins_seg/bitmasks/val')
+test_evaluator = val_evaluator
+
+# Validate once, at the end.
+train_cfg = dict(
+    type='IterBasedTrainLoop', max_iters=max_iters,
+    val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+
+# AdamW trains a from-scratch model much faster than SGD in few updates.
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1.5e-3, weight_decay=0.05),
+    clip_grad=dict(max_norm=10.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+         end=100),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[600, 740], gamma=0.1),
+]
+auto_scale_lr = dict(enable=False, base_batch_size=4)
+
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False, window_size=20)
+randomness = dict(seed=0)

@@ -1,0 +1,169 @@
+"""Train a model of the zoo (or the sample config) with mmengine's Runner.
+
+    python train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                           [--auto-scale-lr] [--cfg-options KEY=VALUE ...]
+
+One process per GPU (or CPU process):
+    torchrun --nproc_per_node 8 train.py CONFIG --launcher pytorch
+    tools/dist_train.sh CONFIG 8 [args]          (multi-node: see README)
+    tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR [args]
+
+The zoo configs assume 8 processes x 2 images (lr 0.02); with another total
+batch size pass --auto-scale-lr. Without CUDA, processes talk over gloo.
+"""
+import argparse
+import importlib.util
+import os
+import os.path as osp
+import sys
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(
+        description='Train a BDD100K instance-segmentation model')
+    parser.add_argument('config', help='config file')
+    parser.add_argument(
+        '--work-dir',
+        help='folder for logs and checkpoints '
+        '(default: work_dirs/<config name>)')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from CKPT, or from the latest checkpoint in the work '
+        'folder if no path is given')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (CUDA only)')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the lr linearly with the total batch size '
+        '(relative to the config\'s auto_scale_lr.base_batch_size)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        help='override config settings, e.g. train_cfg.max_epochs=1 '
+        'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2) or
+    # --local_rank (older); torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_config(args):
+    """The config of ``args`` with the command-line overrides applied."""
+    from mmengine.config import Config
+
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    import torch
+    cuda = torch.cuda.is_available()
+    if args.amp:
+        if not cuda:
+            raise ValueError('--amp needs a CUDA device (none found)')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.auto_scale_lr:
+        scale = cfg.get('auto_scale_lr')
+        if not scale or 'base_batch_size' not in scale:
+            raise ValueError(f'{args.config} has no auto_scale_lr.'
+                             'base_batch_size, cannot use --auto-scale-lr')
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise FileNotFoundError(
+                f'checkpoint to resume from not found: {args.resume}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    if not cuda:
+        # NCCL needs GPUs; DDP of a CPU model takes no device ids.
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+        cfg.env_cfg.dist_cfg.backend = 'gloo'
+        if args.launcher != 'none':
+            cfg.model_wrapper_cfg = dict(
+                type='MMDistributedDataParallel', device_ids=None,
+                broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters',
+                                               False))
+
+    if importlib.util.find_spec('tensorboard') is not None:
+        backends = cfg.visualizer.setdefault('vis_backends', [])
+        if not any(b.get('type') == 'TensorboardVisBackend'
+                   for b in backends):
+            backends.append(dict(type='TensorboardVisBackend'))
+    return cfg
+
+
+def init_cpu_distributed(launcher, backend='gloo'):
+    """Start the process group without CUDA.
+
+    mmengine's own init calls ``torch.cuda.set_device``, which fails on a
+    machine without GPUs; the Runner skips its init when a group exists.
+    """
+    import torch.distributed as dist
+    if dist.is_initialized():
+        return
+    if launcher == 'slurm':
+        os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+        os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+        os.environ.setdefault('LOCAL_RANK',
+                              os.environ.get('SLURM_LOCALID', '0'))
+        os.environ.setdefault('MASTER_PORT', '29500')
+        if 'MASTER_ADDR' not in os.environ:
+            import subprocess
+            nodes = os.environ['SLURM_NODELIST']
+            os.environ['MASTER_ADDR'] = subprocess.getoutput(
+                f'scontrol show hostname {nodes} | head -n1')
+    dist.init_process_group(backend=backend)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+    except Exception as e:  # noqa: BLE001 - any config error: one line
+        sys.exit(f'error: {args.config}: {type(e).__name__}: {e}')
+
+    import torch
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    if args.launcher != 'none' and not torch.cuda.is_available():
+        init_cpu_distributed(args.launcher, cfg.env_cfg.dist_cfg.backend)
+    try:
+        if 'runner_type' in cfg:
+            runner = RUNNERS.build(cfg)
+        else:
+            runner = Runner.from_cfg(cfg)
+    except (KeyError, TypeError, ValueError, ImportError) as e:
+        sys.exit(f'error: {args.config}: cannot build the runner: '
+                 f'{type(e).__name__}: {e}')
+    try:
+        runner.train()
+    except FileNotFoundError as e:
+        # Usually the data: say which file, without a traceback.
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    main()
