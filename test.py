@@ -46,7 +46,8 @@ def parse_args():
     parser.add_argument('--work-dir', help='logs folder (default: '
                         './work_dirs/<config stem>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        metavar='KEY=VALUE', help='override config settings, e.g. '
+                        metavar='KEY=VALUE',
+                        help='override config settings, e.g. '
                         'test_dataloader.batch_size=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher')

@@ -14,30 +14,33 @@ import numpy as np
 
 from .bitmask import CATEGORY_NAMES
 
-#: Base hue (degrees) per category id 1..8: people warm, vehicles spread.
+#: Base hue (degrees) per category id 1..8, at least 32 degrees apart so
+#: that the families (base +- HUE_SPREAD) never meet.
 CLASS_HUES = {
     1: 0,  # pedestrian: red
-    2: 28,  # rider: orange
-    3: 212,  # car: blue
-    4: 268,  # truck: violet
-    5: 52,  # bus: yellow
+    2: 32,  # rider: orange
+    3: 215,  # car: blue
+    4: 265,  # truck: violet
+    5: 64,  # bus: yellow
     6: 180,  # train: cyan
-    7: 118,  # motorcycle: green
-    8: 318,  # bicycle: magenta
+    7: 120,  # motorcycle: green
+    8: 315,  # bicycle: magenta
 }
+HUE_SPREAD = 12
 _GOLDEN = 0.6180339887498949
 
 
 def instance_color(category: int, index: int) -> Tuple[int, int, int]:
     """RGB color of instance ``index`` of category id ``category`` (1..8).
 
-    The hue stays within +-14 degrees of the class hue; saturation and value
-    vary with the index (golden-ratio steps, so neighbours differ).
+    The hue stays within +-HUE_SPREAD degrees of the class hue; saturation
+    and value vary with the index (golden-ratio steps, so neighbours
+    differ).
     """
     if category not in CLASS_HUES:
         return (128, 128, 128)
     step = (index * _GOLDEN) % 1.0
-    hue = (CLASS_HUES[category] + (step - 0.5) * 28) % 360
+    hue = (CLASS_HUES[category] + (step - 0.5) * 2 * HUE_SPREAD) % 360
     saturation = 0.65 + 0.35 * ((index * 0.382) % 1.0)
     value = 0.70 + 0.30 * ((index * 0.7548776662) % 1.0)
     r, g, b = colorsys.hsv_to_rgb(hue / 360, saturation, value)

@@ -1,0 +1,112 @@
+"""Deterministic palette, overlays and the vis.py command."""
+import colorsys
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bdd100k_ins_seg.bitmask import write_bitmask, write_score_file
+from bdd100k_ins_seg.visualization import (CLASS_HUES, HUE_SPREAD, colorize,
+                                           instance_color, outline,
+                                           overlay)
+from test_evaluation import make_scenes
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def hue_of(rgb):
+    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360
+
+
+@pytest.mark.parametrize('category', range(1, 9))
+def test_same_class_same_hue_family(category):
+    colors = {instance_color(category, i) for i in range(1, 60)}
+    assert len(colors) > 50  # instances are told apart
+    for color in colors:
+        distance = abs((hue_of(color) - CLASS_HUES[category] + 180) % 360 -
+                       180)
+        assert distance <= HUE_SPREAD + 1  # +1: 8-bit rounding
+    others = [c for c in CLASS_HUES if c != category]
+    nearest = min(abs((CLASS_HUES[c] - CLASS_HUES[category] + 180) % 360 -
+                      180) for c in others)
+    assert nearest > 2 * (HUE_SPREAD + 1)  # families do not meet
+
+
+def test_color_depends_only_on_class_and_index():
+    categories = np.array([[3, 3, 0], [5, 0, 0]], np.uint8)
+    instances = np.array([[7, 7, 0], [2, 0, 0]], np.int32)
+    first = colorize(categories, instances)
+    # Another image: same (class, index) pairs elsewhere, plus others.
+    categories2 = np.array([[0, 5, 1], [3, 3, 0]], np.uint8)
+    instances2 = np.array([[0, 2, 1], [7, 7, 0]], np.int32)
+    second = colorize(categories2, instances2)
+    assert (first[0, 0] == second[1, 0]).all()
+    assert (first[1, 0] == second[0, 1]).all()
+    assert (first[1, 0] == instance_color(5, 2)).all()
+    assert (first[0, 2] == 0).all()
+
+
+def test_overlay_blends_and_outlines():
+    image = np.full((20, 20, 3), 100, np.uint8)
+    categories = np.zeros((20, 20), np.uint8)
+    instances = np.zeros((20, 20), np.int32)
+    categories[5:15, 5:15], instances[5:15, 5:15] = 3, 1
+    out = overlay(image, categories, instances, alpha=0.5)
+    color = np.array(instance_color(3, 1))
+    assert (out[0, 0] == 100).all()  # background untouched
+    assert (out[10, 10] == np.round((100 + color) / 2)).all()  # blended
+    assert (out[5, 10] == color).all()  # outline in full color
+    edge = outline(instances)
+    assert edge[5, 10] and not edge[10, 10] and not edge[0, 0]
+    with pytest.raises(ValueError, match='mask is 20x20'):
+        overlay(np.zeros((10, 10, 3), np.uint8), categories, instances)
+    # A colored mask (tools/colorize.py output) gives the same overlay.
+    colored = colorize(categories, instances)
+    assert (overlay(image, colored=colored, alpha=0.5) == out).all()
+
+
+def run_vis(args):
+    return subprocess.run([sys.executable, osp.join(REPO, 'vis.py')] + args,
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_vis_command(tmp_path):
+    scenes = make_scenes(str(tmp_path), num_images=3, seed=5)
+    pred = tmp_path / 'pred'
+    frames = []
+    for scene in scenes:
+        labels = write_bitmask(str(pred / 'bitmasks' / (scene['stem'] +
+                                                         '.png')),
+                               scene['masks'], scene['labels'],
+                               np.linspace(0.9, 0.3, len(scene['labels'])))
+        frames.append(dict(name=scene['stem'] + '.jpg', labels=labels))
+    write_score_file(str(pred / 'score.json'), frames)
+
+    proc = run_vis(['-i', str(tmp_path / 'images'), '-c',
+                    str(pred / 'bitmasks'), '-o', str(tmp_path / 'vis'),
+                    '--score-file', str(pred / 'score.json'), '--nproc',
+                    '2', '-n', '2'])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(os.listdir(tmp_path / 'vis'))
+    assert written == sorted(s['stem'] + '.jpg' for s in scenes)[:2]
+    scene = scenes[0]
+    vis = np.asarray(Image.open(tmp_path / 'vis' / written[0]))
+    image = np.asarray(Image.open(tmp_path / 'images' / written[0]))
+    assert vis.shape == image.shape
+    foreground = scene['masks'].any(0)
+    # Instances changed, most of the background did not (JPEG noise aside).
+    diff = np.abs(vis.astype(int) - image).sum(-1)
+    assert diff[foreground].mean() > 3 * diff[~foreground].mean()
+
+    # A mask without its image: one-line error.
+    os.remove(tmp_path / 'images' / written[0])
+    proc = run_vis(['-i', str(tmp_path / 'images'), '-c',
+                    str(pred / 'bitmasks'), '-o', str(tmp_path / 'vis3')])
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f'vis.py: error: no image for mask {scene["stem"]}.png')
