@@ -33,6 +33,9 @@ MAX_INSTANCES = 65535
 #: (``_do_paste_mask``: floor(x1) - 1 .. ceil(x2) + 1), so painting within
 #: that window never cuts a mask.
 BOX_MARGIN = 1
+# Read once (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def frame_name(img_path: str) -> str:
@@ -176,6 +179,8 @@ def atomic_write(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
+        # mkstemp makes the file private (0600); give it the usual mode.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if osp.exists(tmp):

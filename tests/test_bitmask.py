@@ -144,6 +144,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     bm.write_bitmask(str(path), np.ones((1, 8, 8), bool), [1], [0.5])
     assert os.listdir(tmp_path) == ['out.png']
+    # The usual file mode, not the temporary file's private 0600.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_score_file_ids_unique_across_frames(tmp_path):
