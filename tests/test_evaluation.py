@@ -146,6 +146,28 @@ def test_gt_through_writer_scores_100_in_process_and_cli(scenes, tmp_path):
     assert cli['AP'][-1]['OVERALL'] == metrics['bdd100k/segm_AP']
 
 
+def test_in_process_equals_cli_on_imperfect_predictions(scenes, tmp_path):
+    root, items = scenes
+    gt_dir = osp.join(root, 'gt')
+    rng = np.random.default_rng(2)
+    samples = []
+    for k, scene in enumerate(items):
+        masks, labels = scene['masks'].copy(), scene['labels'].copy()
+        masks[0] = np.roll(masks[0], 3 + k, axis=1)  # a poor mask
+        labels[1] = labels[1] % 8 + 1  # a wrong class
+        masks = np.concatenate([masks, masks[2:3, ::-1]])  # a false positive
+        labels = np.append(labels, labels[2])
+        samples.append(data_sample(scene, masks, labels,
+                                   rng.uniform(0.1, 1.0, len(labels))))
+    out_dir = str(tmp_path / 'pred')
+    metric, metrics = run_metric(samples, gt_dir, out_dir)
+    assert 10 < metrics['bdd100k/segm_AP'] < 90
+    cli = run_cli(gt_dir, out_dir, str(tmp_path / 'cli.json'))
+    assert same_numbers(cli, json.loads(json.dumps(metric.last_result)))
+    for key in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'AR1', 'AR100'):
+        assert cli[key][-1]['OVERALL'] == metrics[f'bdd100k/segm_{key}']
+
+
 def test_shifted_or_relabeled_predictions_score_less(scenes, tmp_path):
     root, items = scenes
     gt_dir = osp.join(root, 'gt')
