@@ -1,0 +1,232 @@
+"""train.py on CPU: a shrunken zoo config learns, --resume continues the
+run with its optimizer state, 2-process torchrun (gloo) keeps the ranks in
+sync, bad input fails with one line."""
+import glob
+import importlib.util
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ZOO_CONFIG = osp.join(ROOT, 'configs', 'ins_seg',
+                      'mask_rcnn_r50_fpn_1x_ins_seg_bdd100k.py')
+
+# The R-50 1x zoo config, shrunk: ResNet-18 at 1/4 width, FPN 32, 160x96
+# images, a light mask head, AdamW without a schedule, no validation.
+TINY_CONFIG = '''
+_base_ = {zoo!r}
+data_root = {data_root!r}
+model = dict(
+    backbone=dict(depth=18, base_channels=16, frozen_stages=-1,
+                  norm_eval=False, init_cfg=None),
+    neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=64),
+        mask_roi_extractor=dict(out_channels=32),
+        mask_head=dict(num_convs=1, in_channels=32, conv_out_channels=32)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
+                   rcnn=dict(sampler=dict(num=64))))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(160, 96), keep_ratio=True),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=False),
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=20)
+optim_wrapper = dict(
+    _delete_=True, type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0))
+param_scheduler = []
+default_hooks = dict(
+    logger=dict(interval=1),
+    checkpoint=dict(by_epoch=False, interval=1, max_keep_ckpts=-1,
+                    save_best=None))
+log_processor = dict(by_epoch=False, window_size=1)
+randomness = dict(seed=0)
+'''
+
+# Saves every parameter before and after training, per rank.
+PARAMS_HOOK = '''
+import torch
+from mmengine.dist import get_rank, get_world_size
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class DumpParamsHook(Hook):
+    def _dump(self, runner, when):
+        model = getattr(runner.model, 'module', runner.model)
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        torch.save(dict(world_size=get_world_size(), params=params),
+                   f'{runner.work_dir}/params_{when}_rank{get_rank()}.pt')
+
+    def before_train(self, runner):
+        self._dump(runner, 'before')
+
+    def after_train(self, runner):
+        self._dump(runner, 'after')
+'''
+
+
+def _load_train_script():
+    spec = importlib.util.spec_from_file_location(
+        'train_script', osp.join(ROOT, 'train.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def tiny_config(tmp_path_factory):
+    """The shrunken zoo config over 2 generated training images."""
+    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    root = tmp_path_factory.mktemp('train')
+    data_root = str(root / 'sample') + '/'
+    generate_sample_dataset(data_root, seed=1, counts=dict(train=2),
+                            size=(160, 96), nproc=1, progress=False)
+    path = root / 'tiny_mask_rcnn.py'
+    path.write_text(TINY_CONFIG.format(zoo=ZOO_CONFIG, data_root=data_root))
+    return str(path)
+
+
+def _train(config, work_dir, *options, resume=None):
+    """train.py in this process (saves the interpreter start-up)."""
+    argv = [config, '--work-dir', str(work_dir)]
+    if resume is not None:
+        argv += ['--resume'] + ([resume] if resume != 'auto' else [])
+    # Loggers and visualizers are per-process singletons looked up by name:
+    # a fresh name per run, or a run would write into an earlier one's logs.
+    _train.runs = getattr(_train, 'runs', 0) + 1
+    name = f'{osp.basename(work_dir)}_{_train.runs}'
+    argv += ['--cfg-options', f'experiment_name={name}',
+             f'visualizer.name={name}', *options]
+    _load_train_script().main(argv)
+
+
+def _logged(work_dir, key='loss'):
+    """[(iteration, value)] of a logged scalar, over all runs in work_dir
+    (in run order; runs started in the same second share a log folder)."""
+    records = []
+    for path in sorted(glob.glob(osp.join(str(work_dir), '*', 'vis_data',
+                                          'scalars.json'))):
+        with open(path) as f:
+            records += [json.loads(line) for line in f]
+    return [(r['iter'], r[key]) for r in records if key in r]
+
+
+def _adam_steps(checkpoint):
+    state = torch.load(checkpoint, map_location='cpu',
+                       weights_only=False)['optimizer']['state']
+    return {int(s['step']) for s in state.values()}
+
+
+def test_shrunken_zoo_config_learns(tiny_config, tmp_path):
+    work_dir = tmp_path / 'learn'
+    _train(tiny_config, work_dir, 'train_cfg.max_iters=20',
+           'default_hooks.checkpoint.interval=20')
+    logged = _logged(work_dir)
+    assert [i for i, _ in logged] == list(range(1, 21))
+    losses = [v for _, v in logged]
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.7 * first, losses
+    assert osp.isfile(work_dir / 'iter_20.pth')
+
+
+def test_resume_continues_with_optimizer_state(tiny_config, tmp_path):
+    work_dir = tmp_path / 'run'
+    _train(tiny_config, work_dir, 'train_cfg.max_iters=2')
+    assert _adam_steps(work_dir / 'iter_2.pth') == {2}
+
+    # --resume without a path: the latest checkpoint of the work folder.
+    _train(tiny_config, work_dir, 'train_cfg.max_iters=3', resume='auto')
+    # Only the missing iteration ran.
+    assert [i for i, _ in _logged(work_dir)] == [1, 2, 3]
+    assert _adam_steps(work_dir / 'iter_3.pth') == {3}  # Adam state kept
+
+    # --resume CKPT into another work folder.
+    other = tmp_path / 'other'
+    _train(tiny_config, other, 'train_cfg.max_iters=2',
+           resume=str(work_dir / 'iter_1.pth'))
+    assert [i for i, _ in _logged(other)] == [2]
+    assert _adam_steps(other / 'iter_2.pth') == {2}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_agree(tiny_config, tmp_path):
+    (tmp_path / 'dump_params_hook.py').write_text(PARAMS_HOOK)
+    config = tmp_path / 'tiny_dist.py'
+    config.write_text(
+        f'_base_ = {tiny_config!r}\n'
+        "custom_imports = dict(imports=['bdd100k_ins_seg', "
+        "'dump_params_hook'], allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='DumpParamsHook')]\n")
+    work_dir = tmp_path / 'dist'
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join(
+                   [str(tmp_path), ROOT, os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+         '2', '--master_port', str(_free_port()),
+         osp.join(ROOT, 'train.py'), str(config), '--launcher', 'pytorch',
+         '--work-dir', str(work_dir), '--cfg-options',
+         'train_cfg.max_iters=3', 'default_hooks.checkpoint.interval=3'],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dumps = {(when, rank): torch.load(
+        work_dir / f'params_{when}_rank{rank}.pt', weights_only=False)
+        for when in ('before', 'after') for rank in (0, 1)}
+    assert all(d['world_size'] == 2 for d in dumps.values())
+    before, after = dumps['before', 0]['params'], dumps['after', 0]['params']
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    other = dumps['after', 1]['params']
+    assert sorted(other) == sorted(after)
+    for name in after:
+        assert torch.equal(after[name], other[name]), name
+    assert osp.isfile(work_dir / 'iter_3.pth')
+
+
+def _run_train_cli(*args):
+    return subprocess.run([sys.executable, osp.join(ROOT, 'train.py'), *args],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def test_missing_config_is_one_line_error(tmp_path):
+    proc = _run_train_cli(str(tmp_path / 'nope.py'))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and 'nope.py' in last
+    assert 'Traceback' not in proc.stderr
+
+
+def test_unknown_model_is_one_line_error(tiny_config, tmp_path):
+    proc = _run_train_cli(tiny_config, '--work-dir', str(tmp_path),
+                          '--cfg-options', 'model.type=NoSuchDetector')
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and 'NoSuchDetector' in last
+    assert 'Traceback' not in proc.stderr
