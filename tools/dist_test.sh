@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Test on GPUS processes of this machine (CPU-only machines use gloo):
 #   tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options]
-# NNODES, NODE_RANK, MASTER_ADDR and PORT set up multi-node runs.
+# NNODES, NODE_RANK, MASTER_ADDR and PORT set up multi-node runs; PYTHON
+# picks the interpreter (default: python on PATH).
 set -euo pipefail
 
 CONFIG=$1
@@ -14,7 +15,7 @@ MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 ROOT="$(dirname "$0")/.."
 
 PYTHONPATH="$ROOT":${PYTHONPATH:-} \
-python -m torch.distributed.run \
+${PYTHON:-python} -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -2,7 +2,7 @@
 # Test on a Slurm cluster:
 #   tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py options]
 # GPUS (default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5) and SRUN_ARGS
-# shape the job.
+# shape the job; PYTHON picks the interpreter (default: python on PATH).
 set -euxo pipefail
 
 PARTITION=$1
@@ -24,4 +24,4 @@ srun -p "$PARTITION" \
     --cpus-per-task="$CPUS_PER_TASK" \
     --kill-on-bad-exit=1 \
     $SRUN_ARGS \
-    python -u "$ROOT/test.py" "$CONFIG" "$CHECKPOINT" --launcher=slurm "${@:5}"
+    ${PYTHON:-python} -u "$ROOT/test.py" "$CONFIG" "$CHECKPOINT" --launcher=slurm "${@:5}"
