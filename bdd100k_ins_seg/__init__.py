@@ -18,3 +18,4 @@ __all__ = ['ops_backend', '__version__']
 
 from . import datasets  # noqa: E402,F401  (registers BDD100K datasets)
 from . import evaluation  # noqa: E402,F401  (registers BDD100KInsSegMetric)
+from . import zoo  # noqa: E402,F401  (fast mmdet:: base-config lookup)
