@@ -58,6 +58,8 @@ def parse_args():
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.img_dir:
+        if args.eval:
+            parser.error('--eval needs labels; --img-dir images have none')
         args.format_only = True
     if args.format_only and not args.format_dir:
         parser.error('--format-only/--img-dir need --format-dir')
