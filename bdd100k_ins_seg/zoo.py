@@ -31,7 +31,8 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-METAFILE = REPO_ROOT / 'configs' / 'ins_seg' / 'metafile.yml'
+METAFILE_NAME = 'configs/ins_seg/metafile.yml'
+METAFILE = REPO_ROOT / METAFILE_NAME
 CACHE_ENV = 'BDD100K_INS_SEG_CACHE'
 MIRROR_ENV = 'BDD100K_INS_SEG_MIRROR'
 DEFAULT_CACHE = '~/.cache/bdd100k_ins_seg/checkpoints'
@@ -172,7 +173,7 @@ def entry_for_config(config_path, catalogue=None):
     if stem not in catalogue:
         raise UnknownModelError(
             f'config {config_path} is not in the model zoo catalogue '
-            f'({METAFILE.relative_to(REPO_ROOT)}), so it has no published '
+            f'({METAFILE_NAME}), so it has no published '
             'weights; pass a checkpoint file explicitly')
     return catalogue[stem]
 

@@ -75,7 +75,7 @@ def cmd_readme(args):
     if args.check:
         if updated != text:
             print(f'error: the model table in {readme.name} differs from '
-                  f'{zoo.METAFILE.relative_to(zoo.REPO_ROOT)}; run '
+                  f'{zoo.METAFILE_NAME}; run '
                   '`python tools/model_zoo.py readme`', file=sys.stderr)
             return 1
         print(f'{readme.name} model table matches the metafile')

@@ -1,0 +1,321 @@
+"""The zoo catalogue, verified weight downloads and tools/model_zoo.py.
+
+Downloads are served by a local HTTP server (127.0.0.1) from files the tests
+write; nothing leaves the machine.
+"""
+import functools
+import hashlib
+import http.server
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bdd100k_ins_seg import zoo
+
+REPO = Path(__file__).resolve().parent.parent
+NAME = 'mask_rcnn_r50_fpn_1x_ins_seg_bdd100k'
+CONFIG = REPO / 'configs' / 'ins_seg' / f'{NAME}.py'
+
+# The original zoo's table: mask AP val, box AP val, mask AP test, box AP test,
+# batch size, schedule, MS-train as the table marks it.
+PUBLISHED = {
+    'mask_rcnn_r50_fpn_1x': (16.24, 22.34, 14.86, 19.59, 16, '1x', False),
+    'mask_rcnn_r50_fpn_3x': (19.88, 25.93, 17.46, 22.32, 16, '3x', True),
+    'mask_rcnn_r101_fpn_3x': (20.51, 26.08, 17.88, 22.01, 16, '3x', True),
+    'mask_rcnn_r50_fpn_1x_32bs': (16.15, 21.54, 14.90, 19.24, 32, '1x', False),
+    'mask_rcnn_r50_fpn_3x_32bs': (20.20, 26.14, 17.60, 22.03, 32, '3x', True),
+    'mask_rcnn_r101_fpn_3x_32bs': (20.48, 25.70, 17.71, 21.94, 32, '3x', True),
+    'cascade_mask_rcnn_r50_fpn_1x': (18.63, 25.97, 15.89, 21.55, 16, '1x',
+                                     False),
+    'cascade_mask_rcnn_r50_fpn_3x': (19.43, 25.26, 16.18, 20.46, 16, '3x',
+                                     True),
+    'cascade_mask_rcnn_r101_fpn_3x': (19.79, 24.79, 16.65, 20.63, 16, '3x',
+                                      True),
+    'cascade_mask_rcnn_r50_fpn_1x_32bs': (17.67, 25.67, 15.73, 21.40, 32,
+                                          '1x', False),
+    'cascade_mask_rcnn_r50_fpn_3x_32bs': (18.58, 24.63, 16.34, 20.75, 32,
+                                          '3x', True),
+    'mask_rcnn_r50_fpn_dconv_1x': (17.72, 23.37, 15.80, 20.73, 16, '1x',
+                                   False),
+    'mask_rcnn_r50_fpn_dconv_3x': (20.89, 27.17, 18.29, 22.88, 16, '3x', True),
+    'mask_rcnn_r101_fpn_dconv_3x': (20.98, 25.99, 18.74, 22.73, 16, '3x',
+                                    True),
+    'mask_rcnn_r50_fpn_dconv_1x_32bs': (17.50, 23.16, 15.53, 20.66, 32, '1x',
+                                        False),
+    'mask_rcnn_r50_fpn_dconv_3x_32bs': (20.72, 27.51, 18.40, 22.80, 32, '3x',
+                                        True),
+    'mask_rcnn_r101_fpn_dconv_3x_32bs': (20.91, 25.87, 18.60, 22.83, 32, '3x',
+                                         True),
+    'gcnet_mask_rcnn_r50_fpn_1x': (16.12, 22.41, 14.96, 19.43, 16, '1x',
+                                   False),
+    'gcnet_mask_rcnn_r50_fpn_3x': (20.07, 26.34, 17.82, 22.26, 16, '3x', True),
+    'gcnet_mask_rcnn_r101_fpn_3x': (20.77, 26.27, 17.76, 22.21, 16, '3x',
+                                    True),
+    'mask_rcnn_hrnetv2p_w18_1x': (16.54, 22.97, 14.62, 19.81, 16, '1x', False),
+    'mask_rcnn_hrnetv2p_w18_3x': (21.28, 27.53, 17.74, 22.98, 16, '3x', True),
+    'mask_rcnn_hrnetv2p_w32_1x': (18.69, 24.75, 16.35, 21.52, 16, '1x', False),
+    'mask_rcnn_hrnetv2p_w32_3x': (22.45, 28.16, 18.76, 23.48, 16, '3x', True),
+    'mask_rcnn_hrnetv2p_w40_1x': (19.65, 25.46, 16.64, 21.98, 16, '1x', False),
+    'mask_rcnn_hrnetv2p_w40_3x': (22.57, 28.17, 19.38, 24.37, 16, '3x', True),
+}
+HOST = 'https://dl.cv.ethz.ch/bdd100k/ins_seg/models/'
+
+
+def load_tool():
+    """tools/model_zoo.py as a module (its main() returns the exit code)."""
+    spec = importlib.util.spec_from_file_location(
+        'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- catalogue ---------------------------------------------------------------
+
+def test_catalogue_holds_the_published_table():
+    catalogue = zoo.load_catalogue()
+    assert list(catalogue) == [n + '_ins_seg_bdd100k' for n in PUBLISHED]
+    for short, (mask_val, box_val, mask_test, box_test, batch, schedule,
+                ms_in_table) in PUBLISHED.items():
+        entry = catalogue[short + '_ins_seg_bdd100k']
+        assert entry.results == {('val', 'mask'): mask_val,
+                                 ('val', 'box'): box_val,
+                                 ('test', 'mask'): mask_test,
+                                 ('test', 'box'): box_test}, short
+        assert (entry.batch_size, entry.lr_schedule, entry.epochs) == \
+            (batch, schedule, 12 if schedule == '1x' else 36)
+        assert entry.weights_url == HOST + entry.name + '.pth'
+        assert entry.md5_url == HOST + entry.name + '.md5'
+        assert entry.config == f'configs/ins_seg/{entry.name}.py'
+        assert entry.metadata['Training Data'] == 'BDD100K'
+        # Cascade 3x: trained single-scale although the table says MS.
+        cascade_3x = short.startswith('cascade') and schedule == '3x'
+        assert entry.ms_train == (ms_in_table and not cascade_3x)
+        assert entry.metadata.get('MS-train in original table',
+                                  entry.ms_train) == ms_in_table
+
+
+def test_model_index_imports_the_metafile():
+    with open(REPO / 'model-index.yml') as f:
+        index = yaml.safe_load(f)
+    assert index == {'Import': ['configs/ins_seg/metafile.yml']}
+    with open(REPO / index['Import'][0]) as f:
+        metafile = yaml.safe_load(f)
+    collections = {c['Name'] for c in metafile['Collections']}
+    assert {m['In Collection'] for m in metafile['Models']} == collections
+
+
+def test_readme_table_is_generated_from_the_metafile():
+    readme = (REPO / 'README.md').read_text(encoding='utf-8')
+    tables = zoo.render_tables()
+    assert zoo.replace_table(readme, tables) == readme, (
+        'README model table out of date: python tools/model_zoo.py readme')
+    # Every model appears with its numbers, config and weight links.
+    for entry in zoo.load_catalogue().values():
+        row = next(line for line in tables.splitlines()
+                   if f']({entry.config})' in line)
+        for value in entry.results.values():
+            assert f' {value:.2f} ' in row
+        assert entry.weights_url in row and entry.md5_url in row
+
+
+def test_readme_check_fails_on_a_changed_number(tmp_path, monkeypatch,
+                                                capsys):
+    readme = tmp_path / 'README.md'
+    text = (REPO / 'README.md').read_text(encoding='utf-8')
+    readme.write_text(text.replace('| 16.24 |', '| 16.42 |', 1))
+    monkeypatch.setattr(zoo, 'REPO_ROOT', tmp_path)
+    tool = load_tool()
+    assert tool.main(['readme', '--check']) == 1
+    assert 'differs from' in capsys.readouterr().err
+    assert tool.main(['readme']) == 0
+    assert readme.read_text() == text
+    assert tool.main(['readme', '--check']) == 0
+
+
+def test_names_resolve_with_or_without_suffix():
+    assert zoo.get_entry('mask_rcnn_r50_fpn_1x').name == NAME
+    assert zoo.get_entry(NAME + '.pth').name == NAME
+    assert zoo.entry_for_config(str(CONFIG)).name == NAME
+
+
+def test_unknown_name_and_foreign_config_are_refused():
+    with pytest.raises(zoo.UnknownModelError) as error:
+        zoo.get_entry('mask_rcnn_r152_fpn_1x')
+    message = str(error.value)
+    assert "'mask_rcnn_r152_fpn_1x'" in message and 'model_zoo.py list' in \
+        message and '\n' not in message
+    with pytest.raises(zoo.UnknownModelError, match='not in the model zoo'):
+        zoo.checkpoint_for_config('configs/sample/my_model.py')
+
+
+def test_metafile_with_a_missing_field_is_reported(tmp_path):
+    bad = tmp_path / 'metafile.yml'
+    bad.write_text('Models:\n  - Name: broken\n    Config: x.py\n')
+    with pytest.raises(zoo.ZooError, match="'broken'.*Metadata"):
+        zoo.load_catalogue(bad)
+
+
+# --- downloads -----------------------------------------------------------------
+
+class _Server:
+    """A local HTTP server for a folder, counting requests per file."""
+
+    def __init__(self, root):
+        self.root = root
+        self.requests = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path.rsplit('/', 1)[-1])
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ('127.0.0.1', 0), functools.partial(Handler, directory=root))
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/models'
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """Fake published weights under <tmp>/srv/models, their MD5 next to them."""
+    folder = tmp_path / 'srv' / 'models'
+    folder.mkdir(parents=True)
+    payload = os.urandom(300_000)
+    (folder / f'{NAME}.pth').write_bytes(payload)
+    md5 = hashlib.md5(payload).hexdigest()
+    (folder / f'{NAME}.md5').write_text(f'{md5}  {NAME}.pth\n')
+    return folder, payload
+
+
+@pytest.fixture
+def server(weights, tmp_path, monkeypatch):
+    srv = _Server(tmp_path / 'srv')
+    monkeypatch.setenv(zoo.MIRROR_ENV, srv.url)
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / 'cache'))
+    yield srv
+    srv.close()
+
+
+def _cache_files(tmp_path):
+    cache = tmp_path / 'cache'
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_download_through_mirror_verifies_and_is_not_repeated(
+        server, weights, tmp_path):
+    _, payload = weights
+    path = zoo.checkpoint_for_config(str(CONFIG), progress=False)
+    assert Path(path) == tmp_path / 'cache' / f'{NAME}.pth'
+    assert Path(path).read_bytes() == payload
+    assert server.requests == [f'{NAME}.md5', f'{NAME}.pth']
+    assert _cache_files(tmp_path) == [f'{NAME}.md5', f'{NAME}.pth']
+
+    # Verified: neither file is fetched again, even with the host gone.
+    server.close()
+    assert zoo.checkpoint_for_config(str(CONFIG), progress=False) == path
+    assert server.requests == [f'{NAME}.md5', f'{NAME}.pth']
+    assert zoo.verify(NAME)[0] == 'ok'
+
+
+def test_checksum_mismatch_is_refused_and_leaves_nothing(
+        server, weights, tmp_path):
+    folder, _ = weights
+    (folder / f'{NAME}.md5').write_text('0' * 32 + f'  {NAME}.pth\n')
+    with pytest.raises(zoo.ChecksumError) as error:
+        zoo.download(NAME, progress=False)
+    assert NAME in str(error.value) and '0' * 32 in str(error.value)
+    assert _cache_files(tmp_path) == []  # no partial, no cached bad MD5
+
+
+def test_damaged_cached_file_is_fetched_again(server, weights, tmp_path):
+    _, payload = weights
+    path = Path(zoo.download(NAME, progress=False))
+    path.write_bytes(payload[:1000])  # truncated on disk
+    assert zoo.verify(NAME)[0] == 'mismatch'
+    assert Path(zoo.download(NAME, progress=False)).read_bytes() == payload
+    assert server.requests.count(f'{NAME}.pth') == 2
+
+
+def test_missing_file_on_the_host_is_a_clean_error(server, weights, tmp_path):
+    folder, _ = weights
+    (folder / f'{NAME}.pth').unlink()
+    with pytest.raises(zoo.ZooError, match='HTTP 404') as error:
+        zoo.download(NAME, progress=False)
+    assert zoo.MIRROR_ENV in str(error.value)
+    assert _cache_files(tmp_path) == []
+
+
+def test_local_folder_mirror_and_local_file(weights, tmp_path, monkeypatch):
+    folder, payload = weights
+    monkeypatch.setenv(zoo.MIRROR_ENV, str(folder))  # a plain folder
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / 'cache'))
+    assert Path(zoo.resolve_weights(NAME, progress=False)).read_bytes() == \
+        payload
+    # A local file is used as it is, checked against a .md5 beside it.
+    local = folder / f'{NAME}.pth'
+    assert zoo.resolve_weights(str(local)) == str(local)
+    (folder / f'{NAME}.md5').write_text('f' * 32)
+    with pytest.raises(zoo.ChecksumError, match='differs'):
+        zoo.resolve_weights(str(local))
+    with pytest.raises(zoo.ZooError, match='not found'):
+        zoo.resolve_weights(str(tmp_path / 'nowhere.pth'))
+
+
+def test_cli_download_and_verify(server, weights, tmp_path, capsys):
+    tool = load_tool()
+    assert tool.main(['download', 'mask_rcnn_r50_fpn_1x', '--quiet']) == 0
+    assert capsys.readouterr().out.strip() == \
+        str(tmp_path / 'cache' / f'{NAME}.pth')
+    assert tool.main(['verify']) == 0
+    assert f'{NAME}: ok' in capsys.readouterr().out
+    (tmp_path / 'cache' / f'{NAME}.pth').write_bytes(b'damaged')
+    assert tool.main(['verify', NAME]) == 1
+    assert 'differs from the published' in capsys.readouterr().out
+
+
+def test_cli_unknown_name_exits_with_one_line():
+    result = subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'model_zoo.py'), 'download',
+         'no_such_model'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith('error:')]
+    assert errors == ["error: unknown model 'no_such_model'; "
+                      '`python tools/model_zoo.py list` shows the names']
+    assert result.stdout == ''
+
+
+def test_cli_list(capsys):
+    tool = load_tool()
+    assert tool.main(['list']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 26
+    assert lines[1].split()[:4] == [NAME, '12', '16', 'no']
+
+
+def test_non_base_mmdet_configs_still_resolve(tmp_path):
+    """The fast ``mmdet::_base_`` lookup leaves other mmdet paths alone."""
+    from mmengine.config import Config
+    leaf = tmp_path / 'leaf.py'
+    leaf.write_text("_base_ = 'mmdet::dcn/mask-rcnn_r50-dconv-c3-c5_fpn_1x_"
+                    "coco.py'\n")
+    cfg = Config.fromfile(str(leaf))
+    assert cfg.model.backbone.dcn.type == 'DCN'
+    assert cfg.train_dataloader.dataset.type == 'CocoDataset'
