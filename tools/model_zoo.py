@@ -19,14 +19,15 @@ from bdd100k_ins_seg import zoo
 
 def cmd_list(args):
     catalogue = zoo.load_catalogue()
-    header = (f'{"name":<42} {"epochs":>6} {"batch":>5} {"MS":>3} '
+    width = max(len(name) for name in catalogue)
+    header = (f'{"name":<{width}} {"epochs":>6} {"batch":>5} {"MS":>3} '
               f'{"mask AP val":>11} {"box AP val":>10}')
     if args.params:
         header += f' {"params (built)":>15}'
     print(header)
     mismatches = []
     for entry in catalogue.values():
-        row = (f'{entry.name:<42} {entry.epochs:>6} {entry.batch_size:>5} '
+        row = (f'{entry.name:<{width}} {entry.epochs:>6} {entry.batch_size:>5} '
                f'{"yes" if entry.ms_train else "no":>3} '
                f'{entry.results[("val", "mask")]:>11.2f} '
                f'{entry.results[("val", "box")]:>10.2f}')

@@ -4,6 +4,11 @@ Layout under ``data_root`` (see README "Data"):
   images/10k/{train,val,test}/*.jpg           1280x720 JPEGs
   labels/ins_seg/bitmasks/{train,val}/*.png   official bitmask labels
   jsons/ins_seg_{train,val}_cocofmt.json      made by tools/to_coco.py
+
+Train reads the train images, val/test the val images with their labels. The
+2K test images have no public labels: ``test.py CONFIG --img-dir
+data/bdd100k/images/10k/test --format-only ...`` runs them as an image folder
+through ``unlabeled_test_pipeline``.
 """
 dataset_type = 'BDD100KInsSegDataset'
 data_root = 'data/bdd100k/'
