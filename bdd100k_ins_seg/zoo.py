@@ -411,7 +411,7 @@ def count_parameters(config_path):
     return sum(p.numel() for p in model.parameters())
 
 
-# --- README table -----------------------------------------------------------
+# --- README table ----------------------------------------------------------
 
 TABLE_BEGIN = '<!-- zoo:table -->'
 TABLE_END = '<!-- /zoo:table -->'
@@ -487,7 +487,7 @@ def replace_table(readme_text, tables):
     return readme_text[:start] + '\n' + tables + readme_text[end:]
 
 
-# --- mmdet:: base configs ------------------------------------------------------
+# --- mmdet:: base configs ----------------------------------------------------
 
 def install_base_config_lookup():
     """Resolve ``mmdet::_base_/...`` without reading mmdet's metafiles.

@@ -162,7 +162,7 @@ def test_metafile_with_a_missing_field_is_reported(tmp_path):
         zoo.load_catalogue(bad)
 
 
-# --- downloads -----------------------------------------------------------------
+# --- downloads ---------------------------------------------------------------
 
 class _Server:
     """A local HTTP server for a folder, counting requests per file."""
@@ -194,7 +194,7 @@ class _Server:
 
 @pytest.fixture
 def weights(tmp_path):
-    """Fake published weights under <tmp>/srv/models, their MD5 next to them."""
+    """Fake published weights in <tmp>/srv/models, their MD5 beside them."""
     folder = tmp_path / 'srv' / 'models'
     folder.mkdir(parents=True)
     payload = os.urandom(300_000)

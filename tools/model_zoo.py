@@ -3,7 +3,7 @@
   python tools/model_zoo.py list [--params]       the 26 models (+ built sizes)
   python tools/model_zoo.py download NAME [...]   fetch + MD5-check weights
   python tools/model_zoo.py verify [NAME ...]     re-check downloaded weights
-  python tools/model_zoo.py readme [--check]      regenerate / check README table
+  python tools/model_zoo.py readme [--check]      regenerate / check README
 
 NAME is a model name as `list` prints it (with or without the
 `_ins_seg_bdd100k` suffix). Weights go to ~/.cache/bdd100k_ins_seg/checkpoints
@@ -27,7 +27,8 @@ def cmd_list(args):
     print(header)
     mismatches = []
     for entry in catalogue.values():
-        row = (f'{entry.name:<{width}} {entry.epochs:>6} {entry.batch_size:>5} '
+        row = (f'{entry.name:<{width}} {entry.epochs:>6} '
+               f'{entry.batch_size:>5} '
                f'{"yes" if entry.ms_train else "no":>3} '
                f'{entry.results[("val", "mask")]:>11.2f} '
                f'{entry.results[("val", "box")]:>10.2f}')

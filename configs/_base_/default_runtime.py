@@ -1,4 +1,4 @@
-"""Runtime shared by every config: mmdet's defaults plus the BDD100K package."""
+"""Runtime shared by every config: mmdet's defaults + the BDD100K package."""
 _base_ = 'mmdet::_base_/default_runtime.py'
 
 # Registers the BDD100K dataset, metric and the torchvision-backed mmcv ops.
