@@ -49,6 +49,9 @@ def parse_args():
                         metavar='KEY=VALUE',
                         help='override config settings, e.g. '
                         'test_dataloader.batch_size=2')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='load a checkpoint that holds types outside '
+                        'the safe allowlist (full pickle: trusted files only)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2) or
@@ -57,6 +60,9 @@ def parse_args():
     args = parser.parse_args()
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if args.unsafe_load:
+        from bdd100k_ins_seg.checkpoint import UNSAFE_ENV
+        os.environ[UNSAFE_ENV] = '1'
     if args.img_dir:
         if args.eval:
             parser.error('--eval needs labels; --img-dir images have none')

@@ -173,3 +173,21 @@ def test_bad_inputs_give_one_line_errors(setup, tmp_path):
              '--work-dir', 'wd'], cwd=tmp_path),
         f'cannot load checkpoint {broken}')
     assert not (tmp_path / 'o').exists()
+
+
+def test_checkpoint_outside_allowlist_needs_unsafe_load(setup, tmp_path):
+    """A checkpoint holding a non-allowlisted type is refused, naming the
+    type, unless the user opts in with --unsafe-load."""
+    import argparse
+    root, data, config, checkpoint = setup
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt['meta'] = {'args': argparse.Namespace(lr=0.02)}
+    pickled = tmp_path / 'pickled.pth'
+    torch.save(ckpt, str(pickled))
+    args = [config, str(pickled), '--img-dir', str(data / 'images'),
+            '--format-dir', 'o', '--work-dir', 'wd']
+    one_line_error(run(args, cwd=tmp_path), 'argparse.Namespace')
+    assert not (tmp_path / 'o').exists()
+    trusted = run(args + ['--unsafe-load'], cwd=tmp_path)
+    assert trusted.returncode == 0, trusted.stderr[-2000:]
+    assert len(os.listdir(tmp_path / 'o' / 'bitmasks')) == 3
