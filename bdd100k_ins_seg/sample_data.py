@@ -46,7 +46,7 @@ DEFAULT_COUNTS = dict(train=300, val=60, test=20)
 JPEG_QUALITY = 90
 INFO_FILE = 'sample_info.json'
 #: Bump when the scenes change, so that an old sample is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SPLIT_IDS = dict(train=0, val=1, test=2)
 
@@ -272,25 +272,31 @@ def _draw_person(layer, rng, x, yb, ppm, seated=False):
 
 
 def _draw_two_wheeler(layer, rng, x, yb, ppm, motor: bool):
-    """Side view; wheels are drawn as solid discs with a dark tyre so that
-    the objects are not a few 1-pixel lines at this resolution."""
-    length = (2.0 if motor else 1.7) * ppm
-    r = (0.32 if motor else 0.34) * ppm
+    """Side view. A motorcycle is a solid shape (fat dark tyres, engine and
+    fairing between the wheels); a bicycle is two light disc wheels (solid,
+    so they are not 1-pixel rings at this resolution) and a thin frame."""
     tyre = (25, 25, 25)
-    hub = (120, 120, 125) if motor else (170, 170, 175)
-    frame = _jitter(rng, _pick(rng, _CAR_COLORS if motor else _SHIRT_COLORS))
-    xa, xb = x - length / 2 + r, x + length / 2 - r
-    for cx in (xa, xb):
-        layer.ellipse(cx, yb - r, r, r, tyre)
-        layer.ellipse(cx, yb - r, r * 0.6, r * 0.6, hub)
     if motor:
-        layer.poly([(xa + 0.2 * r, yb - 1.4 * r), (xb - 0.2 * r, yb - 1.9 * r),
-                    (xb, yb - 1.2 * r), (xa + 0.9 * r, yb - 0.7 * r)], frame)
-        layer.rect((xa + 0.5 * r, yb - 1.2 * r, xb - 0.8 * r, yb - 0.5 * r),
-                   (60, 60, 65))
-        layer.line([(xb, yb - r), (xb - 0.3 * r, yb - 2.4 * r)],
-                   (50, 50, 50), max(1.5, 0.1 * ppm))
+        length, r = 2.1 * ppm, 0.31 * ppm
+        xa, xb = x - length / 2 + r, x + length / 2 - r
+        body = _jitter(rng, _pick(rng, _CAR_COLORS))
+        for cx in (xa, xb):
+            layer.ellipse(cx, yb - r, r, r, tyre)
+            layer.ellipse(cx, yb - r, r * 0.35, r * 0.35, (110, 110, 115))
+        layer.rect((xa, yb - 1.5 * r, xb, yb - 0.6 * r), (55, 55, 60))
+        layer.poly([(xa - 0.3 * r, yb - 1.3 * r), (xa + 0.4 * r, yb - 2.0 * r),
+                    (xb - 0.2 * r, yb - 2.4 * r), (xb + 0.3 * r,
+                                                   yb - 1.6 * r),
+                    (xb - 0.4 * r, yb - 1.1 * r)], body)
+        layer.ellipse(xb + 0.25 * r, yb - 1.9 * r, 0.25 * r, 0.25 * r,
+                      (250, 240, 180))
     else:
+        length, r = 1.7 * ppm, 0.34 * ppm
+        xa, xb = x - length / 2 + r, x + length / 2 - r
+        frame = _jitter(rng, _pick(rng, _SHIRT_COLORS))
+        for cx in (xa, xb):
+            layer.ellipse(cx, yb - r, r, r, tyre)
+            layer.ellipse(cx, yb - r, r * 0.75, r * 0.75, (185, 185, 190))
         width = max(1.5, 0.07 * ppm)
         top = yb - 2.1 * r
         layer.line([(xa, yb - r), (x, yb - r), (x - 0.2 * r, top),
@@ -396,7 +402,7 @@ def _plan_objects(rng, width, height, horizon, vanish_x, half_road,
     for _ in range(int(rng.integers(0, 6))):
         yb = ground_y(0.1)
         objs.append((yb, 'pedestrian', walk_x(yb)))
-    for _ in range(int(rng.poisson(0.8))):
+    for _ in range(int(rng.poisson(1.2))):
         yb = ground_y(0.1)
         kind = 'motorcycle' if rng.random() < 0.5 else 'bicycle'
         rode = rng.random() < 0.75

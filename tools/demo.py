@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +38,9 @@ def parse_args(argv=None):
                         help='folder for predictions, scores and pictures')
     parser.add_argument('--num-vis', type=int, default=4,
                         help='images to draw the predictions on')
+    parser.add_argument('--vis-score-thr', type=float, default=0.3,
+                        help='draw predictions scoring at least this '
+                        '(the evaluation uses all of them)')
     parser.add_argument('--retrain', action='store_true',
                         help='train again even if a checkpoint exists')
     return parser.parse_args(argv)
@@ -65,31 +69,36 @@ def main(argv=None):
 
     from mmengine.config import Config
 
-    from bdd100k_ins_seg.sample_data import is_complete
+    from bdd100k_ins_seg.sample_data import INFO_FILE, is_complete
     cfg = Config.fromfile(CONFIG)
     max_iters = cfg.train_cfg.max_iters
     data_root = args.data.rstrip('/') + '/'
 
     step(f'1/5 sample dataset in {args.data}')
     t = time.time()
+    fresh_data = False
     if is_complete(args.data, seed=SEED):
         print('present, reused')
     else:
-        if osp.isdir(args.data) and os.listdir(args.data):
+        if osp.isfile(osp.join(args.data, INFO_FILE)):
+            # A sample from another version of the generator: ours to redo.
+            print('an older sample, generating it again')
+            shutil.rmtree(args.data)
+        elif osp.isdir(args.data) and os.listdir(args.data):
             sys.exit(f'demo: {args.data} holds something else than the '
-                     'sample (or an unfinished one); move it away or pass '
-                     '--data')
+                     'sample; move it away or pass --data')
         run([py, 'tools/make_sample_data.py', '--out', args.data,
              '--seed', str(SEED)], 'generating the sample')
+        fresh_data = True
     times['data'] = time.time() - t
 
     step(f'2/5 training {CONFIG} ({max_iters} iterations)')
     t = time.time()
     ckpt = osp.join(args.work_dir, f'iter_{max_iters}.pth')
-    data_options = [f'train_dataloader.dataset.data_root={data_root}',
-                    f'val_dataloader.dataset.data_root={data_root}',
-                    f'test_dataloader.dataset.data_root={data_root}']
-    if osp.isfile(ckpt) and not args.retrain:
+    train_data = f'train_dataloader.dataset.data_root={data_root}'
+    test_data = f'test_dataloader.dataset.data_root={data_root}'
+    # A checkpoint trained on other data is not reused.
+    if osp.isfile(ckpt) and not (args.retrain or fresh_data):
         print(f'finished checkpoint {ckpt} present, reused '
               '(--retrain to train again)')
     else:
@@ -97,7 +106,7 @@ def main(argv=None):
         # training, it would do the same work twice.
         run([py, 'train.py', CONFIG, '--work-dir', args.work_dir,
              '--cfg-options', 'val_cfg=None', 'val_dataloader=None',
-             'val_evaluator=None', *data_options], 'training')
+             'val_evaluator=None', train_data], 'training')
         if not osp.isfile(ckpt):
             sys.exit(f'demo: training ended without {ckpt}')
     times['train'] = time.time() - t
@@ -106,7 +115,7 @@ def main(argv=None):
     t = time.time()
     pred_dir = osp.join(args.out, 'predictions')
     run([py, 'test.py', CONFIG, ckpt, '--format-only', '--format-dir',
-         pred_dir, '--cfg-options', *data_options], 'inference')
+         pred_dir, '--cfg-options', test_data], 'inference')
     times['test'] = time.time() - t
 
     step('4/5 official BDD100K evaluation (python -m bdd100k.eval.run)')
@@ -119,13 +128,16 @@ def main(argv=None):
          '--nproc', '2'], 'evaluation')
     times['eval'] = time.time() - t
 
-    step(f'5/5 drawing the predictions on {args.num_vis} val images')
+    step(f'5/5 drawing the predictions with score >= {args.vis_score_thr} '
+         f'on {args.num_vis} val images')
     t = time.time()
     vis_dir = osp.join(args.out, 'vis')
+    shown_dir = osp.join(args.out, 'shown_predictions')
+    _keep_confident(pred_dir, shown_dir, args.num_vis, args.vis_score_thr)
     run([py, 'vis.py', '-i', osp.join(args.data, 'images', '10k', 'val'),
-         '-c', osp.join(pred_dir, 'bitmasks'), '-o', vis_dir, '-n',
+         '-c', osp.join(shown_dir, 'bitmasks'), '-o', vis_dir, '-n',
          str(args.num_vis), '--score-file',
-         osp.join(pred_dir, 'score.json')], 'drawing')
+         osp.join(shown_dir, 'score.json')], 'drawing')
     times['vis'] = time.time() - t
 
     mask_ap = _overall_ap(scores_file)
@@ -138,22 +150,49 @@ def main(argv=None):
     print(f'training:      {args.work_dir}/ (checkpoint {ckpt}, logs)')
     print(f'predictions:   {pred_dir}/bitmasks/*.png, {pred_dir}/score.json')
     print(f'scores:        {scores_file}')
-    print(f'pictures:      {vis_dir}/')
+    print(f'pictures:      {vis_dir}/ (predictions scoring >= '
+          f'{args.vis_score_thr})')
+
+
+def _keep_confident(pred_dir, out_dir, num, score_thr):
+    """Copy the first ``num`` prediction bitmasks (sorted by name) and their
+    score.json frames to ``out_dir``, without predictions scoring below
+    ``score_thr`` (the evaluator wants every one; a picture does not)."""
+    import numpy as np
+    from PIL import Image
+
+    with open(osp.join(pred_dir, 'score.json')) as f:
+        frames = {fr['name'].rsplit('.', 1)[0]: fr for fr in json.load(f)}
+    names = sorted(n for n in os.listdir(osp.join(pred_dir, 'bitmasks'))
+                   if n.endswith('.png'))[:num]
+    os.makedirs(osp.join(out_dir, 'bitmasks'), exist_ok=True)
+    kept_frames = []
+    for name in names:
+        frame = frames[name[:-4]]
+        kept = [lb for lb in frame['labels'] if lb['score'] >= score_thr]
+        with Image.open(osp.join(pred_dir, 'bitmasks', name)) as im:
+            bitmask = np.array(im)
+        index = (bitmask[..., 2].astype(np.int32) << 8) | bitmask[..., 3]
+        bitmask[~np.isin(index, [lb['index'] for lb in kept])] = 0
+        Image.fromarray(bitmask).save(osp.join(out_dir, 'bitmasks', name))
+        kept_frames.append(dict(frame, labels=kept))
+    with open(osp.join(out_dir, 'score.json'), 'w') as f:
+        json.dump(kept_frames, f)
 
 
 def _overall_ap(path):
-    """The overall mask AP in the evaluator's --out-file, or None."""
+    """The overall mask AP in the evaluator's --out-file, or None.
+
+    The file holds ``{"AP": [{class: AP, ...}, {"OVERALL": AP}], ...}``.
+    """
     try:
         with open(path) as f:
             results = json.load(f)
-    except (OSError, ValueError):
-        return None
-    for key in ('AP', 'ap'):
-        value = results.get(key)
-        if isinstance(value, dict):
-            value = value.get('OVERALL')
-        if isinstance(value, (int, float)):
-            return float(value)
+        for part in results['AP']:
+            if 'OVERALL' in part:
+                return float(part['OVERALL'])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return None
 
 

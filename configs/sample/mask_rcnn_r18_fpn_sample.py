@@ -13,7 +13,7 @@ _base_ = [
 
 data_root = 'data/bdd100k_sample/'
 image_size = (320, 192)  # (width, height) of the sample images
-max_iters = 800
+max_iters = 700
 
 model = dict(
     backbone=dict(
@@ -100,7 +100,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
          end=100),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[600, 740], gamma=0.1),
+         milestones=[520, 650], gamma=0.1),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 
