@@ -106,7 +106,8 @@ def build_config(args):
                 find_unused_parameters=cfg.get('find_unused_parameters',
                                                False))
 
-    if importlib.util.find_spec('tensorboard') is not None:
+    if (importlib.util.find_spec('tensorboard') is not None
+            and cfg.get('visualizer')):
         backends = cfg.visualizer.setdefault('vis_backends', [])
         if not any(b.get('type') == 'TensorboardVisBackend'
                    for b in backends):
@@ -126,8 +127,7 @@ def init_cpu_distributed(launcher, backend='gloo'):
     if launcher == 'slurm':
         os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
         os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
-        os.environ.setdefault('LOCAL_RANK',
-                              os.environ.get('SLURM_LOCALID', '0'))
+        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
         os.environ.setdefault('MASTER_PORT', '29500')
         if 'MASTER_ADDR' not in os.environ:
             import subprocess
