@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bdd100k_ins_seg.sample_data import (CROWD, IGNORE, generate_sample_dataset,
-                                         is_complete, render_scene)
+from bdd100k_ins_seg.sample_data import (CROWD, IGNORE,
+                                         generate_sample_dataset, is_complete,
+                                         render_scene)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COUNTS = dict(train=3, val=2, test=1)

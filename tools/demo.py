@@ -1,4 +1,4 @@
-"""The whole pipeline on the embedded sample, end to end (what `make demo` runs).
+"""The whole pipeline on the embedded sample (what `make demo` runs).
 
 1. generate the sample dataset (tools/make_sample_data.py), unless present;
 2. train the sample config from scratch (train.py), unless a finished
