@@ -78,27 +78,6 @@ def fail(message: str) -> None:
     sys.exit(f'test.py: error: {message}')
 
 
-def init_cpu_distributed(launcher: str) -> None:
-    """Start a gloo process group on a machine without CUDA.
-
-    mmengine's launchers call ``torch.cuda.set_device`` and wrap the model in
-    DDP with a device id; inference needs neither, only the group (for the
-    sampler's sharding and the metric's result gathering).
-    """
-    import torch.distributed as dist
-    if launcher == 'slurm':
-        os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
-        os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
-        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
-        os.environ.setdefault('MASTER_PORT', '29500')
-        if 'MASTER_ADDR' not in os.environ:
-            import subprocess
-            nodes = os.environ['SLURM_NODELIST']
-            os.environ['MASTER_ADDR'] = subprocess.getoutput(
-                f'scontrol show hostname {nodes} | head -n1')
-    dist.init_process_group(backend='gloo')
-
-
 def main():
     args = parse_args()
     if not osp.isfile(args.config):
@@ -112,6 +91,8 @@ def main():
     import torch
     from mmengine.config import Config
     from mmengine.runner import Runner
+
+    from bdd100k_ins_seg.launch import init_cpu_distributed
 
     try:
         cfg = Config.fromfile(args.config)

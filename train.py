@@ -42,6 +42,10 @@ def parse_args(argv=None):
         '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
         help='override config settings, e.g. train_cfg.max_epochs=1 '
         'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help='load checkpoints (--resume, load_from) that hold types outside '
+        'the safe allowlist (full pickle: trusted files only)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2) or
@@ -50,6 +54,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if args.unsafe_load:
+        from bdd100k_ins_seg.checkpoint import UNSAFE_ENV
+        os.environ[UNSAFE_ENV] = '1'
+
     return args
 
 
@@ -115,28 +123,6 @@ def build_config(args):
     return cfg
 
 
-def init_cpu_distributed(launcher, backend='gloo'):
-    """Start the process group without CUDA.
-
-    mmengine's own init calls ``torch.cuda.set_device``, which fails on a
-    machine without GPUs; the Runner skips its init when a group exists.
-    """
-    import torch.distributed as dist
-    if dist.is_initialized():
-        return
-    if launcher == 'slurm':
-        os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
-        os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
-        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
-        os.environ.setdefault('MASTER_PORT', '29500')
-        if 'MASTER_ADDR' not in os.environ:
-            import subprocess
-            nodes = os.environ['SLURM_NODELIST']
-            os.environ['MASTER_ADDR'] = subprocess.getoutput(
-                f'scontrol show hostname {nodes} | head -n1')
-    dist.init_process_group(backend=backend)
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -147,6 +133,8 @@ def main(argv=None):
     import torch
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+
+    from bdd100k_ins_seg.launch import init_cpu_distributed
 
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_distributed(args.launcher, cfg.env_cfg.dist_cfg.backend)
