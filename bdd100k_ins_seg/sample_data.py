@@ -506,32 +506,10 @@ def render_scene(rng: np.random.Generator,
 # ------------------------------------------------------------------ files --
 
 def _to_coco(mask_dir: str, out_json: str, nproc: int) -> None:
-    """COCO json of a bitmask folder by the official ``bdd100k`` converter.
-
-    Same as ``python -m bdd100k.label.to_coco -m ins_seg --only-mask``, but
-    with the files listed in sorted order (the converter lists them in
-    directory order, which would make image ids differ between machines)
-    and with the image sizes filled in.
-    """
-    from bdd100k.common.utils import load_bdd100k_config
-    from bdd100k.label.to_coco import bitmask2coco_wo_ids_parallel
-    from scalabel.label.transforms import get_coco_categories
-
-    config = load_bdd100k_config('ins_seg').scalabel
-    names = sorted(n for n in os.listdir(mask_dir) if n.endswith('.png'))
-    images = [dict(id=i, file_name=n[:-4] + '.jpg')
-              for i, n in enumerate(names, start=1)]
-    annotations = bitmask2coco_wo_ids_parallel(mask_dir, images, nproc)
-    # The converter sets the image sizes inside its worker processes, so
-    # they never reach its output; COCO readers need them.
-    for image in images:
-        with Image.open(osp.join(mask_dir, image['file_name'][:-4] +
-                                 '.png')) as mask:
-            image['width'], image['height'] = mask.size
-    coco = dict(type='instances', categories=get_coco_categories(config),
-                images=images, annotations=annotations)
-    with open(out_json, 'w', encoding='utf-8') as f:
-        json.dump(coco, f)
+    """COCO json of a bitmask folder by the official ``bdd100k`` converter,
+    with sorted ids and real image sizes (see :mod:`.labels`)."""
+    from .labels import bitmasks_to_coco, write_json
+    write_json(bitmasks_to_coco(mask_dir, nproc), out_json)
 
 
 def _info(seed, counts, size):

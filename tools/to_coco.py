@@ -11,12 +11,10 @@ sets them inside worker processes and loses them; the RLE mode assumes every
 image is 1280x720), and files are listed in sorted order.
 """
 import argparse
-import json
-import os
 import os.path as osp
 import sys
-from functools import partial
-from multiprocessing import Pool
+
+from bdd100k_ins_seg.labels import bitmasks_to_coco, rles_to_coco, write_json
 
 
 def parse_args():
@@ -27,63 +25,6 @@ def parse_args():
     parser.add_argument('--nproc', type=int, default=4,
                         help='worker processes (default 4)')
     return parser.parse_args()
-
-
-def _convert_bitmask(image, mask_base):
-    from bdd100k.label.to_coco import bitmask2coco_wo_ids
-    annotations = bitmask2coco_wo_ids(image, mask_base)  # sets image size
-    return annotations, image['height'], image['width']
-
-
-def bitmasks_to_coco(mask_dir: str, nproc: int = 4) -> dict:
-    """COCO dict of a bitmask folder (``<stem>.png`` -> ``<stem>.jpg``)."""
-    from bdd100k.common.utils import list_files, load_bdd100k_config
-    from scalabel.label.transforms import get_coco_categories
-    from tqdm import tqdm
-
-    config = load_bdd100k_config('ins_seg').scalabel
-    files = list_files(mask_dir, suffix='.png')
-    if not files:
-        raise FileNotFoundError(f'no bitmasks (*.png) in {mask_dir}')
-    images = [dict(id=i, file_name=f[:-len('.png')] + '.jpg')
-              for i, f in enumerate(files, start=1)]
-    convert = partial(_convert_bitmask, mask_base=mask_dir)
-    progress = partial(tqdm, total=len(images), desc='bitmasks')
-    if nproc > 1:
-        with Pool(nproc) as pool:
-            results = list(progress(pool.imap(convert, images, chunksize=8)))
-    else:
-        results = list(progress(map(convert, images)))
-    annotations = []
-    for image, (anns, height, width) in zip(images, results):
-        image['height'], image['width'] = height, width
-        annotations.extend(anns)
-    for ann_id, annotation in enumerate(annotations, start=1):
-        annotation['id'] = ann_id
-    return dict(type='instances', categories=get_coco_categories(config),
-                images=images, annotations=annotations)
-
-
-def rles_to_coco(json_path: str, nproc: int = 4) -> dict:
-    """COCO dict of a Scalabel json whose labels carry RLE masks."""
-    from bdd100k.common.utils import load_bdd100k_config
-    from bdd100k.label.to_scalabel import bdd100k_to_scalabel
-    from scalabel.label.io import load
-    from scalabel.label.to_coco import scalabel2coco_ins_seg
-
-    config = load_bdd100k_config('ins_seg')
-    frames = bdd100k_to_scalabel(load(json_path, nproc).frames, config)
-    coco = scalabel2coco_ins_seg(frames, config.scalabel, nproc=nproc)
-    # The RLEs know their image's size; the config's 1280x720 is a guess.
-    size_of = {}
-    for annotation in coco['annotations']:
-        segmentation = annotation.get('segmentation')
-        if isinstance(segmentation, dict) and 'size' in segmentation:
-            size_of[annotation['image_id']] = segmentation['size']
-    for image in coco['images']:
-        if image['id'] in size_of:
-            image['height'], image['width'] = size_of[image['id']]
-    return coco
 
 
 def main():
@@ -99,12 +40,7 @@ def main():
         coco = convert(args.input, args.nproc)
     except (FileNotFoundError, ValueError, KeyError) as e:
         sys.exit(f'to_coco.py: error: {args.input}: {e}')
-    out_dir = osp.dirname(osp.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = args.output + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(coco, f)
-    os.replace(tmp, args.output)
+    write_json(coco, args.output)
     print(f'{len(coco["images"])} images, {len(coco["annotations"])} '
           f'instances -> {args.output}')
 
