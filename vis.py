@@ -12,7 +12,6 @@ import argparse
 import os
 import os.path as osp
 import sys
-from multiprocessing import Pool
 
 
 def parse_args():
@@ -65,9 +64,8 @@ def main():
     for name, folder in (('image', args.images), ('mask', args.masks)):
         if not osp.isdir(folder):
             sys.exit(f'vis.py: error: {name} folder not found: {folder}')
-    from tqdm import tqdm
-
     from bdd100k_ins_seg.bitmask import load_score_file
+    from bdd100k_ins_seg.parallel import map_with_progress
     from bdd100k_ins_seg.visualization import find_image
     scores = {}
     if args.score_file:
@@ -93,14 +91,7 @@ def main():
                       args.alpha))
     os.makedirs(args.out, exist_ok=True)
     try:
-        if args.nproc > 1 and len(tasks) > 1:
-            with Pool(min(args.nproc, len(tasks))) as pool:
-                for _ in tqdm(pool.imap_unordered(_render, tasks),
-                              total=len(tasks), desc='vis'):
-                    pass
-        else:
-            for task in tqdm(tasks, desc='vis'):
-                _render(task)
+        map_with_progress(_render, tasks, args.nproc, 'vis', ordered=False)
     except ValueError as e:
         sys.exit(f'vis.py: error: {e}')
     print(f'{len(tasks)} overlays written to {args.out}')

@@ -11,7 +11,8 @@ import json
 import os
 import os.path as osp
 from functools import partial
-from multiprocessing import Pool
+
+from .parallel import map_with_progress
 
 
 def _convert_bitmask(image, mask_base):
@@ -24,7 +25,6 @@ def bitmasks_to_coco(mask_dir: str, nproc: int = 4) -> dict:
     """COCO dict of a bitmask folder (``<stem>.png`` -> ``<stem>.jpg``)."""
     from bdd100k.common.utils import list_files, load_bdd100k_config
     from scalabel.label.transforms import get_coco_categories
-    from tqdm import tqdm
 
     config = load_bdd100k_config('ins_seg').scalabel
     files = list_files(mask_dir, suffix='.png')
@@ -32,13 +32,9 @@ def bitmasks_to_coco(mask_dir: str, nproc: int = 4) -> dict:
         raise FileNotFoundError(f'no bitmasks (*.png) in {mask_dir}')
     images = [dict(id=i, file_name=f[:-len('.png')] + '.jpg')
               for i, f in enumerate(files, start=1)]
-    convert = partial(_convert_bitmask, mask_base=mask_dir)
-    progress = partial(tqdm, total=len(images), desc='bitmasks')
-    if nproc > 1:
-        with Pool(nproc) as pool:
-            results = list(progress(pool.imap(convert, images, chunksize=8)))
-    else:
-        results = list(progress(map(convert, images)))
+    results = map_with_progress(
+        partial(_convert_bitmask, mask_base=mask_dir), images, nproc,
+        'bitmasks')
     annotations = []
     for image, (anns, height, width) in zip(images, results):
         image['height'], image['width'] = height, width

@@ -11,7 +11,6 @@ import argparse
 import os
 import os.path as osp
 import sys
-from multiprocessing import Pool
 
 
 def parse_args():
@@ -47,21 +46,13 @@ def main():
     names = sorted(n for n in os.listdir(args.input) if n.endswith('.png'))
     if not names:
         sys.exit(f'colorize.py: error: no bitmasks (*.png) in {args.input}')
-    from tqdm import tqdm
-
-    import bdd100k_ins_seg  # noqa: F401  (loaded once, before forking)
+    from bdd100k_ins_seg.parallel import map_with_progress
     tasks = [(osp.join(args.input, n), osp.join(args.output, n))
              for n in names]
     os.makedirs(args.output, exist_ok=True)
     try:
-        if args.nproc > 1 and len(tasks) > 1:
-            with Pool(min(args.nproc, len(tasks))) as pool:
-                for _ in tqdm(pool.imap_unordered(_colorize_one, tasks),
-                              total=len(tasks), desc='colorize'):
-                    pass
-        else:
-            for task in tqdm(tasks, desc='colorize'):
-                _colorize_one(task)
+        map_with_progress(_colorize_one, tasks, args.nproc, 'colorize',
+                          ordered=False)
     except ValueError as e:
         sys.exit(f'colorize.py: error: {e}')
     print(f'{len(tasks)} colored masks written to {args.output}')
