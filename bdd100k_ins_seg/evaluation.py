@@ -66,12 +66,17 @@ class BDD100KInsSegMetric(BaseMetric):
         format_only: only write the predictions (e.g. the test split).
         nproc: processes of the official evaluator.
         score_thr: drop predictions scoring below this.
+        coco_ann_file: a COCO json of the same images (``tools/to_coco.py``);
+            when given, COCO box and mask AP (overlapping masks, pycocotools,
+            the protocol of the BDD100K paper) are reported beside the
+            official numbers as ``coco_bbox_mAP``, ``coco_segm_mAP``, ...
         collect_device: 'cpu' or 'gpu', to gather results across ranks.
         prefix: metric name prefix (default ``bdd100k``).
 
     Returns (from ``evaluate``): ``bdd100k/segm_AP``, ``segm_AP50``,
     ``segm_AP75``, ``segm_APs``, ``segm_APm``, ``segm_APl`` and the
-    ``segm_AR*`` recalls, as the official evaluator prints them.
+    ``segm_AR*`` recalls, as the official evaluator prints them (x100);
+    with ``coco_ann_file`` also ``coco_bbox_*`` and ``coco_segm_*`` (x100).
     """
 
     default_prefix: Optional[str] = 'bdd100k'
@@ -82,6 +87,7 @@ class BDD100KInsSegMetric(BaseMetric):
                  format_only: bool = False,
                  nproc: int = 2,
                  score_thr: float = 0.0,
+                 coco_ann_file: Optional[str] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -96,6 +102,15 @@ class BDD100KInsSegMetric(BaseMetric):
         self.format_only = format_only
         self.nproc = nproc
         self.score_thr = score_thr
+        self._coco_metric = None
+        if coco_ann_file is not None and not format_only:
+            if not osp.isfile(coco_ann_file):
+                raise FileNotFoundError(
+                    f'BDD100KInsSegMetric: coco_ann_file not found: '
+                    f'{coco_ann_file}')
+            from mmdet.evaluation import CocoMetric
+            self._coco_metric = CocoMetric(ann_file=coco_ann_file,
+                                           metric=['bbox', 'segm'])
         #: ``dict(DetResult)`` of the last evaluation: every class and
         #: metric, as ``bdd100k.eval.run --out-file`` writes it.
         self.last_result: Optional[Dict] = None
@@ -117,9 +132,15 @@ class BDD100KInsSegMetric(BaseMetric):
             bitmask, labels = encode_bitmask(
                 pred['masks'], pred['labels'] + 1, pred['scores'],
                 pred.get('bboxes'), image_size=(height, width))
-            self.results.append(
-                dict(name=frame_name(sample['img_path']),
-                     png=png_bytes(bitmask), labels=labels))
+            result = dict(name=frame_name(sample['img_path']),
+                          png=png_bytes(bitmask), labels=labels)
+            if self._coco_metric is not None:
+                # mmdet's COCO metric encodes the (overlapping) masks as RLE;
+                # its entry travels with ours, so ranks gather both at once.
+                self._coco_metric.process(
+                    data_batch, [dict(sample, pred_instances=pred)])
+                result['coco'] = self._coco_metric.results.pop()
+            self.results.append(result)
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         logger: MMLogger = MMLogger.get_current_instance()
@@ -134,10 +155,23 @@ class BDD100KInsSegMetric(BaseMetric):
                            'twice; each is written and scored once')
         if self.outfile_prefix is None:
             with tempfile.TemporaryDirectory() as tmp_dir:
-                return self._write_and_score(list(unique.values()), tmp_dir,
-                                             logger)
-        return self._write_and_score(list(unique.values()),
-                                     self.outfile_prefix, logger)
+                metrics = self._write_and_score(list(unique.values()),
+                                                tmp_dir, logger)
+        else:
+            metrics = self._write_and_score(list(unique.values()),
+                                            self.outfile_prefix, logger)
+        if self._coco_metric is not None:
+            metrics.update(self._coco_ap([r['coco'] for r in unique.values()]))
+        return metrics
+
+    def _coco_ap(self, coco_results: list) -> Dict[str, float]:
+        """COCO box/mask AP (x100) of the same predictions, overlapping."""
+        from .datasets import BDD100K_INS_SEG_CLASSES
+        self._coco_metric.dataset_meta = self.dataset_meta or dict(
+            classes=BDD100K_INS_SEG_CLASSES)
+        coco = self._coco_metric.compute_metrics(coco_results)
+        return {f'coco_{k}': round(100 * v, 1) for k, v in coco.items()
+                if isinstance(v, float)}
 
     def _write_and_score(self, results: List[dict], out_dir: str,
                          logger: MMLogger) -> Dict[str, float]:

@@ -223,3 +223,35 @@ def test_image_without_gt_is_an_error(scenes, tmp_path):
         run_metric([data_sample(other[0])], osp.join(root, 'gt'))
     with pytest.raises(FileNotFoundError, match='no GT bitmasks'):
         run_metric([data_sample(other[0])], str(tmp_path / 'missing'))
+
+
+def test_coco_ap_beside_the_official_numbers(scenes, tmp_path):
+    """With a COCO json of the same images, pycocotools' box/mask AP of the
+    same predictions is reported next to the official bitmask AP."""
+    from bdd100k_ins_seg.labels import bitmasks_to_coco, write_json
+    root, items = scenes
+    gt_dir = osp.join(root, 'gt')
+    coco = bitmasks_to_coco(gt_dir, nproc=1)
+    ann_file = str(tmp_path / 'coco.json')
+    write_json(coco, ann_file)
+    img_id = {im['file_name'][:-4]: im['id'] for im in coco['images']}
+
+    def with_ids(samples):
+        for sample, scene in zip(samples, items):
+            sample['img_id'] = img_id[scene['stem']]
+        return samples
+
+    _, perfect = run_metric(with_ids([data_sample(s) for s in items]),
+                            gt_dir, coco_ann_file=ann_file)
+    assert perfect['bdd100k/segm_AP'] == 100
+    assert perfect['bdd100k/coco_segm_mAP'] == 100
+    assert perfect['bdd100k/coco_bbox_mAP'] == 100
+    shifted = with_ids([
+        data_sample(s, masks=np.roll(s['masks'], 4, axis=2)) for s in items
+    ])
+    _, worse = run_metric(shifted, gt_dir, coco_ann_file=ann_file)
+    assert 0 < worse['bdd100k/coco_segm_mAP'] < 95
+    assert worse['bdd100k/coco_bbox_mAP'] < 95
+    with pytest.raises(FileNotFoundError, match='coco_ann_file'):
+        BDD100KInsSegMetric(gt_dir=gt_dir,
+                            coco_ann_file=str(tmp_path / 'none.json'))
