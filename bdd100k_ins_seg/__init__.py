@@ -1,8 +1,9 @@
 """BDD100K instance segmentation on MMDetection 3.x.
 
 Importing this package (every config does, through ``custom_imports``) first
-installs the compiled-op provider, then registers the BDD100K datasets,
-metric and hooks with mmdet's registries.
+installs the compiled-op provider (before ``mmcv.ops`` is imported) and the
+safe checkpoint loader, then registers the BDD100K datasets and metric with
+mmdet's registries and speeds up ``mmdet::_base_`` config lookups.
 """
 from .ops import install as _install_ops
 
@@ -18,4 +19,6 @@ __all__ = ['ops_backend', '__version__']
 
 from . import datasets  # noqa: E402,F401  (registers BDD100K datasets)
 from . import evaluation  # noqa: E402,F401  (registers BDD100KInsSegMetric)
-from . import zoo  # noqa: E402,F401  (fast mmdet:: base-config lookup)
+from .config_lookup import install_base_config_lookup  # noqa: E402
+
+install_base_config_lookup()
