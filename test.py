@@ -67,6 +67,11 @@ def parse_args():
         if args.eval:
             parser.error('--eval needs labels; --img-dir images have none')
         args.format_only = True
+    if args.format_only and args.eval:
+        parser.error('--format-only writes predictions without scoring them;'
+                     ' use --eval with --format-dir to do both')
+    if args.format_only and args.out_file:
+        parser.error('--out-file saves scores; --format-only computes none')
     if args.format_only and not args.format_dir:
         parser.error('--format-only/--img-dir need --format-dir')
     if not (args.format_only or args.format_dir or args.eval):

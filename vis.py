@@ -92,7 +92,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     try:
         map_with_progress(_render, tasks, args.nproc, 'vis', ordered=False)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # unreadable mask/image, disk full
         sys.exit(f'vis.py: error: {e}')
     print(f'{len(tasks)} overlays written to {args.out}')
 

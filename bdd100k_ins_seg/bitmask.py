@@ -135,8 +135,10 @@ def encode_bitmask(masks,
     for rank in range(n - 1, -1, -1):  # ascending score: best painted last
         i = order[rank]
         x1, y1, x2, y2 = boxes[i]
-        if not np.all(np.isfinite(boxes[i])):
-            x1, y1, x2, y2 = 0, 0, width, height
+        if not (np.all(np.isfinite(boxes[i])) and x2 > x1 and y2 > y1):
+            # Not a box that holds the mask (e.g. SOLO heads return zeros):
+            # use the mask's own extent.
+            x1, y1, x2, y2 = _mask_boxes(masks[i:i + 1])[0]
         x1 = max(int(math.floor(x1)) - BOX_MARGIN, 0)
         y1 = max(int(math.floor(y1)) - BOX_MARGIN, 0)
         x2 = min(int(math.ceil(x2)) + BOX_MARGIN, width)

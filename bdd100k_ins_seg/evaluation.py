@@ -177,12 +177,16 @@ class BDD100KInsSegMetric(BaseMetric):
                          logger: MMLogger) -> Dict[str, float]:
         bitmask_dir = osp.join(out_dir, 'bitmasks')
         os.makedirs(bitmask_dir, exist_ok=True)
+        score_file = osp.join(out_dir, 'score.json')
+        # A score.json left by an earlier run would pair its indices with
+        # the new masks if this run died half-way: remove it first.
+        if osp.exists(score_file):
+            os.remove(score_file)
         pred_paths = []
         for result in results:
             path = osp.join(bitmask_dir, bitmask_name(result['name']))
             atomic_write(path, result['png'])
             pred_paths.append(path)
-        score_file = osp.join(out_dir, 'score.json')
         # Written last: a complete score.json marks a complete folder.
         write_score_file(score_file, ({
             'name': r['name'],

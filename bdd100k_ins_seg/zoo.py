@@ -18,6 +18,7 @@ The README's model table is generated from the same catalogue
 itself imports neither torch nor mmdet (only :func:`count_parameters` does).
 """
 import hashlib
+import http.client
 import os
 import os.path as osp
 import re
@@ -278,9 +279,10 @@ def _download_verified(url, dest, md5, progress=True):
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix='.' + dest.name,
                                suffix='.part')
+    out = os.fdopen(fd, 'wb')  # owns fd from here on, closed in any case
     digest = hashlib.md5()
     try:
-        with _open_url(url) as response, os.fdopen(fd, 'wb') as out:
+        with out, _open_url(url) as response:
             total = int(response.headers.get('Content-Length') or 0) or None
             with tqdm(total=total, unit='B', unit_scale=True,
                       unit_divisor=1024, desc=dest.name,
@@ -295,6 +297,12 @@ def _download_verified(url, dest, md5, progress=True):
                 f'{md5}; the download was deleted (corrupt file or wrong '
                 'mirror)')
         os.replace(tmp, dest)
+    except (OSError, http.client.HTTPException) as e:
+        # Connection reset, timeout, truncated body, full disk, ...
+        _remove(tmp)
+        if isinstance(e, ZooError):
+            raise
+        raise ZooError(f'cannot download {url}: {e}') from None
     except BaseException:
         _remove(tmp)
         raise

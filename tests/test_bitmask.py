@@ -180,3 +180,17 @@ def test_read_bitmask_rejects_non_rgba(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
     with pytest.raises(ValueError, match='not an RGBA bitmask'):
         bm.read_bitmask(path)
+
+
+def test_boxes_that_hold_nothing_fall_back_to_the_mask(tmp_path):
+    """Heads without real boxes (mmdet's SOLO returns zeros) must not have
+    their masks cut to the empty box."""
+    masks = np.zeros((2, 40, 60), bool)
+    masks[0, 5:30, 10:50] = True
+    masks[1, 20:35, 30:55] = True
+    zero_boxes = np.zeros((2, 4), np.float32)
+    with_zero_boxes, _ = bm.encode_bitmask(masks, [3, 1], [0.9, 0.8],
+                                           zero_boxes)
+    without_boxes, _ = bm.encode_bitmask(masks, [3, 1], [0.9, 0.8])
+    assert (with_zero_boxes == without_boxes).all()
+    assert (with_zero_boxes[..., 0] == 3).sum() == masks[0].sum()

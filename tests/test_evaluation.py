@@ -255,3 +255,30 @@ def test_coco_ap_beside_the_official_numbers(scenes, tmp_path):
     with pytest.raises(FileNotFoundError, match='coco_ann_file'):
         BDD100KInsSegMetric(gt_dir=gt_dir,
                             coco_ann_file=str(tmp_path / 'none.json'))
+
+
+def test_interrupted_rewrite_leaves_no_stale_score_file(scenes, tmp_path,
+                                                        monkeypatch):
+    """Rewriting an output folder: if the run dies while writing PNGs, the
+    old score.json must not stay beside the new masks looking complete."""
+    import bdd100k_ins_seg.evaluation as evaluation
+    root, items = scenes
+    out_dir = tmp_path / 'pred'
+    run_metric([data_sample(s) for s in items], osp.join(root, 'gt'),
+               str(out_dir))
+    assert (out_dir / 'score.json').exists()
+    written = []
+    real_write = evaluation.atomic_write
+
+    def dying_write(path, data):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(evaluation, 'atomic_write', dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_metric([data_sample(s) for s in items], osp.join(root, 'gt'),
+                   str(out_dir))
+    assert len(written) == 2
+    assert not (out_dir / 'score.json').exists()

@@ -110,3 +110,18 @@ def test_vis_command(tmp_path):
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f'vis.py: error: no image for mask {scene["stem"]}.png')
+
+
+def test_corrupt_mask_file_is_a_one_line_error(tmp_path):
+    images, masks = tmp_path / 'images', tmp_path / 'masks'
+    images.mkdir()
+    masks.mkdir()
+    Image.new('RGB', (16, 8)).save(images / 'a.jpg')
+    (masks / 'a.png').write_bytes(b'not a png')
+    proc = subprocess.run(
+        [sys.executable, 'vis.py', '-i', str(images), '-c', str(masks), '-o',
+         str(tmp_path / 'out')], cwd=osp.dirname(osp.dirname(
+             osp.abspath(__file__))), capture_output=True, text=True)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('vis.py: error:') and 'a.png' in last

@@ -319,3 +319,45 @@ def test_non_base_mmdet_configs_still_resolve(tmp_path):
     cfg = Config.fromfile(str(leaf))
     assert cfg.model.backbone.dcn.type == 'DCN'
     assert cfg.train_dataloader.dataset.type == 'CocoDataset'
+
+
+def test_dropped_connection_is_a_clean_error_and_leaks_nothing(
+        weights, tmp_path, monkeypatch):
+    """A host that drops the connection (no answer, or a body shorter than
+    its Content-Length) gives a ZooError naming the URL; no partial file and
+    no open file descriptor is left behind."""
+    folder, payload = weights
+
+    class Dropping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.rsplit('/', 1)[-1]
+            body = (folder / name).read_bytes()
+            if name.endswith('.pth') and Dropping.silent:
+                self.close_connection = True  # hang up without a word
+                return
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            # the .md5 arrives whole; the weights are cut short
+            self.wfile.write(body if name.endswith('.md5') else body[:5000])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Dropping)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv(zoo.MIRROR_ENV,
+                       f'http://127.0.0.1:{httpd.server_address[1]}/models')
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / 'cache'))
+    fds_before = len(os.listdir('/proc/self/fd'))
+    try:
+        for silent in (True, True, True, False):
+            Dropping.silent = silent
+            with pytest.raises(zoo.ZooError, match=f'{NAME}.pth'):
+                zoo.download(NAME, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not any(p.suffix == '.part' for p in (tmp_path / 'cache').iterdir())
+    assert not (tmp_path / 'cache' / f'{NAME}.pth').exists()
+    assert len(os.listdir('/proc/self/fd')) <= fds_before

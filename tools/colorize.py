@@ -53,7 +53,7 @@ def main():
     try:
         map_with_progress(_colorize_one, tasks, args.nproc, 'colorize',
                           ordered=False)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # unreadable bitmask, disk full
         sys.exit(f'colorize.py: error: {e}')
     print(f'{len(tasks)} colored masks written to {args.output}')
 
