@@ -158,7 +158,8 @@ def main(argv=None):
     # this; a broken piece (training, inference, export, scoring) shows as
     # an AP near 0, and the demo must not look like a success then.
     if mask_ap is None or mask_ap < MIN_MASK_AP:
-        sys.exit(f'demo: val mask AP {mask_ap} is below {MIN_MASK_AP}: '
+        shown = 'missing' if mask_ap is None else f'{mask_ap:.1f}'
+        sys.exit(f'demo: val mask AP {shown} is below {MIN_MASK_AP}: '
                  'something in the pipeline is broken')
 
 
