@@ -97,9 +97,13 @@ def main():
     from mmengine.config import Config
     from mmengine.runner import Runner
 
+    from bdd100k_ins_seg.config_lookup import install_base_config_lookup
     from bdd100k_ins_seg.launch import init_cpu_distributed
 
     try:
+        # Before parsing: mmdet:: bases resolve without reading mmdet's
+        # ~100 metafiles (seconds per config otherwise).
+        install_base_config_lookup()
         cfg = Config.fromfile(args.config)
     except Exception as e:  # syntax errors, missing bases, bad imports
         fail(f'cannot load config {args.config}: '

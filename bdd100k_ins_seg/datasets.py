@@ -1,4 +1,5 @@
 """BDD100K instance segmentation datasets."""
+import os
 import os.path as osp
 from typing import List
 
@@ -53,7 +54,6 @@ class BDD100KImageFolderDataset(BaseDetDataset):
         img_dir = self.data_prefix.get('img', '')
         if not osp.isdir(img_dir):
             raise FileNotFoundError(f'image folder not found: {img_dir}')
-        import os
         names = sorted(n for n in os.listdir(img_dir)
                        if n.lower().endswith(IMG_EXTENSIONS))
         if not names:
