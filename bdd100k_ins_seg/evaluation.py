@@ -32,25 +32,24 @@ def list_gt_bitmasks(gt_dir: str) -> List[str]:
 
 
 def evaluate_bitmasks(gt_paths: Sequence[str], pred_paths: Sequence[str],
-                      score_file: str, nproc: int = 1):
-    """Score prediction bitmasks with the official evaluator.
+                      score_file: str, nproc: Optional[int] = None):
+    """Score prediction bitmasks: the official evaluator's numbers.
 
     Args:
         gt_paths: GT bitmask PNGs.
         pred_paths: prediction bitmask PNGs, one per GT (same file names).
         score_file: the predictions' ``score.json``.
-        nproc: evaluator processes.
+        nproc: evaluator processes (None: the CPU cores available, bounded;
+            see :func:`bdd100k_ins_seg.bitmask_eval.default_nproc`).
 
     Returns:
-        ``scalabel.eval.detect.DetResult`` (``dict(result)`` is the json the
-        CLI writes with ``--out-file``; ``str(result)`` its table).
+        ``scalabel.eval.detect.DetResult``, identical to what
+        ``python -m bdd100k.eval.run -t ins_seg`` computes (``dict(result)``
+        is the json the CLI writes with ``--out-file``; ``str(result)`` its
+        table), by :mod:`bdd100k_ins_seg.bitmask_eval`.
     """
-    from bdd100k.common.utils import load_bdd100k_config
-    from bdd100k.eval.ins_seg import evaluate_ins_seg
-    config = load_bdd100k_config('ins_seg')
-    return evaluate_ins_seg(
-        list(gt_paths), list(pred_paths), score_file, config.scalabel,
-        nproc=nproc)
+    from .bitmask_eval import evaluate_ins_seg
+    return evaluate_ins_seg(gt_paths, pred_paths, score_file, nproc=nproc)
 
 
 @METRICS.register_module()

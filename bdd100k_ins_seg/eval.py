@@ -1,0 +1,89 @@
+"""Score BDD100K instance-segmentation bitmasks: the official numbers, faster.
+
+``python -m bdd100k_ins_seg.eval -g GT_DIR -r PRED_DIR --score-file
+SCORE_JSON [--out-file OUT_JSON] [--nproc N]`` takes the flags of
+``python -m bdd100k.eval.run -t ins_seg`` and prints and writes the same
+result (:mod:`bdd100k_ins_seg.bitmask_eval`).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+PROG = 'python -m bdd100k_ins_seg.eval'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description='Score BDD100K instance-segmentation bitmasks with the '
+        'official protocol (the numbers of python -m bdd100k.eval.run -t '
+        'ins_seg, computed faster).')
+    parser.add_argument('--task', '-t', default='ins_seg',
+                        choices=['ins_seg'],
+                        help='only ins_seg (accepted for compatibility with '
+                        'the official command line)')
+    parser.add_argument('--gt', '-g', required=True,
+                        help='folder of GT bitmask PNGs')
+    parser.add_argument('--result', '-r', required=True,
+                        help='folder of prediction bitmask PNGs')
+    parser.add_argument('--score-file', required=True,
+                        help="the predictions' score.json")
+    parser.add_argument('--config', '-c', default=None,
+                        help='bdd100k label config (default: ins_seg)')
+    parser.add_argument('--nproc', type=int, default=None,
+                        help='processes (default: the CPU cores available, '
+                        'at most 8)')
+    parser.add_argument('--out-file', default=None,
+                        help='write the result json here (as the official '
+                        '--out-file)')
+    parser.add_argument('--quiet', '-q', action='store_true',
+                        help='do not print the table')
+    args = parser.parse_args(argv)
+    if args.nproc is not None and args.nproc < 1:
+        parser.error(f'--nproc: must be at least 1, got {args.nproc}')
+    return args
+
+
+def fail(what, why):
+    sys.exit(f'{PROG}: error: {what}: {why}')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for flag, path in (('--gt', args.gt), ('--result', args.result)):
+        if not osp.isdir(path):
+            fail(flag, f'not a folder: {path}')
+    if not osp.isfile(args.score_file):
+        fail('--score-file', f'not found: {args.score_file}')
+
+    from bdd100k.common.utils import list_files, load_bdd100k_config
+
+    from .bitmask_eval import evaluate_ins_seg
+    gt_paths = list_files(args.gt, '.png', with_prefix=True)
+    pred_paths = list_files(args.result, '.png', with_prefix=True)
+    if not gt_paths:
+        fail('--gt', f'no bitmask PNGs in {args.gt}')
+    if not pred_paths:
+        fail('--result', f'no bitmask PNGs in {args.result}')
+    try:
+        config = load_bdd100k_config(args.config or 'ins_seg').scalabel
+        result = evaluate_ins_seg(gt_paths, pred_paths, args.score_file,
+                                  nproc=args.nproc, config=config)
+    except (ValueError, OSError) as e:
+        fail('evaluation', e)
+    if not args.quiet:
+        print(result, flush=True)
+    if args.out_file:
+        folder = osp.dirname(args.out_file)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        tmp = args.out_file + '.tmp'
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(dict(result), f, indent=2)
+        os.replace(tmp, args.out_file)
+
+
+if __name__ == '__main__':
+    main()
