@@ -9,7 +9,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 
-.PHONY: demo test install install-test env clean-demo
+.PHONY: demo test install install-test env clean-demo gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,12 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest tests
+
+# On a CUDA machine (< 5 min): the CUDA-only tests (they fail, saying so,
+# without CUDA) and the benchmark on CUDA (R-50 Mask R-CNN, 1280x720).
+GPU_STAGES ?= a,b,c,d,e
+gpu-check: install-test
+	$(PY) -m pytest -m cuda tests -q
+	$(PY) tools/benchmark.py configs/ins_seg/mask_rcnn_r50_fpn_1x_ins_seg_bdd100k.py \
+		--device cuda --repeats 10 --stages $(GPU_STAGES) \
+		--json work_dirs/benchmark/gpu_check.json

@@ -180,6 +180,8 @@ def main():
             init_cpu_distributed(args.launcher)
             cfg.launcher = 'none'  # group is up; no DDP wrapper on CPU
 
+    from bdd100k_ins_seg.threads import configure_threads
+    configure_threads(cfg)
     runner = Runner.from_cfg(cfg)
     try:
         runner.load_checkpoint(checkpoint, map_location='cpu')

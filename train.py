@@ -140,7 +140,9 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from bdd100k_ins_seg.launch import init_cpu_distributed
+    from bdd100k_ins_seg.threads import configure_threads
 
+    configure_threads(cfg)
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_distributed(args.launcher, cfg.env_cfg.dist_cfg.backend)
     try:

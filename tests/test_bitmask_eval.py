@@ -52,11 +52,11 @@ def fast_json(gt_paths, pred_paths, score_file, nproc=1):
 
 
 def test_identical_to_official_on_random_cases(tmp_path):
-    """60 random folders: occlusions, crowd/ignore GT, empty images, absent
+    """50 random folders: occlusions, crowd/ignore GT, empty images, absent
     classes, ids above 255, index gaps, listed indices without pixels, tied
     scores, images without predictions."""
     aps = []
-    for seed in range(60):
+    for seed in range(50):
         case = write_case(str(tmp_path / str(seed)), seed,
                           num_images=1 + seed % 4)
         gt_paths, pred_paths = paths(case)
@@ -67,7 +67,7 @@ def test_identical_to_official_on_random_cases(tmp_path):
         shutil.rmtree(str(tmp_path / str(seed)))
     # The cases are not degenerate: a spread of scores.
     finite = [ap for ap in aps if ap == ap]
-    assert len(finite) > 50 and min(finite) < 20 and max(finite) > 40
+    assert len(finite) > 40 and min(finite) < 20 and max(finite) > 40
 
 
 def test_per_image_arrays_and_matches_equal_the_official(tmp_path):

@@ -1,0 +1,229 @@
+"""Speed of the pieces of a test run, each against a baseline in the same run.
+
+``python tools/benchmark.py CONFIG --device cpu|cuda --json OUT`` runs the
+stage modules of this package, prints a table and writes the rows (medians
+and ratios) to OUT. Stages (letters as in ``--stages``):
+
+- a: the model forward alone, one 1280x720 image (``model``);
+- b, c: post-processing (masks to bitmask, PNG, files) and ``test.py
+  --format-only`` end to end (``postprocess``);
+- d: our evaluator against ``bdd100k.eval.run``'s code on the same files,
+  one process each, identical numbers checked (``evaluator``);
+- e: the forward against torchvision's ``maskrcnn_resnet50_fpn``, same image,
+  same threads (``model``).
+
+Each stage module has ``run(config, device, repeats, work_dir) -> list`` of
+rows ``{'stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
+'baseline_ms_per_image', 'speedup'}`` (speedup = baseline ms / our ms; the
+baseline fields are empty strings / NaN where there is none). Sizes come
+from :data:`SETTINGS` (``--size``, ``--images``), which the stages read.
+"""
+import argparse
+import importlib
+import json
+import math
+import os
+import os.path as osp
+import platform
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+#: The stage modules, in the order they run.
+STAGES = ['model', 'postprocess', 'evaluator']
+#: Which module measures each stage letter.
+STAGE_MODULES = {'a': 'model', 'b': 'postprocess', 'c': 'postprocess',
+                 'd': 'evaluator', 'e': 'model'}
+ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
+            'baseline_ms_per_image', 'speedup')
+
+#: Read by the stage modules: image size (width, height) and the number of
+#: images of the evaluator's synthetic split.
+SETTINGS = dict(size=(1280, 720), images=8)
+
+PROG = 'benchmark.py'
+
+
+def load_stage(name: str):
+    """The stage module ``bdd100k_ins_seg.benchmark.<name>``; an error
+    naming it if it is missing."""
+    try:
+        return importlib.import_module(f'{__name__}.{name}')
+    except ModuleNotFoundError as e:
+        if e.name == f'{__name__}.{name}':
+            raise RuntimeError(f'benchmark stage module {__name__}.{name} '
+                               'is missing') from None
+        raise
+
+
+def median_ms(fn, repeats: int, sync=None) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` calls (after one
+    warm-up call)."""
+    fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else (times[mid - 1] +
+                                              times[mid]) / 2
+
+
+def make_row(stage: str, what: str, ms: float, baseline: str = '',
+             baseline_ms: float = float('nan')) -> dict:
+    """A result row; ``ms`` and ``baseline_ms`` per image."""
+    return dict(stage=stage, what=what, ms_per_image=ms,
+                images_per_s=1000.0 / ms if ms > 0 else float('nan'),
+                baseline=baseline, baseline_ms_per_image=baseline_ms,
+                speedup=baseline_ms / ms if baseline and ms > 0 else
+                float('nan'))
+
+
+def run_stages(config: str, device: str, repeats: int, work_dir: str,
+               stages: Optional[Sequence[str]] = None) -> List[dict]:
+    """Run the stage modules that measure ``stages`` (letters; all if
+    None) and return their rows of those stages."""
+    letters = sorted(STAGE_MODULES) if stages is None else list(stages)
+    modules = [m for m in STAGES
+               if any(STAGE_MODULES[s] == m for s in letters)]
+    rows = []
+    for name in modules:
+        module = load_stage(name)
+        stage_dir = osp.join(work_dir, name)
+        os.makedirs(stage_dir, exist_ok=True)
+        for row in module.run(config, device, repeats, stage_dir):
+            missing = [k for k in ROW_KEYS if k not in row]
+            if missing:
+                raise RuntimeError(f'stage module {name} returned a row '
+                                   f'without {missing}')
+            if row['stage'] in letters:
+                rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The rows as a Markdown table."""
+
+    def num(value, digits=1):
+        return '-' if value is None or (isinstance(value, float)
+                                        and math.isnan(value)) else \
+            f'{value:.{digits}f}'
+
+    lines = ['| stage | what | ms / image | images / s | baseline | '
+             'baseline ms / image | speedup |',
+             '| --- | --- | ---: | ---: | --- | ---: | ---: |']
+    for r in rows:
+        lines.append(
+            f"| {r['stage']} | {r['what']} | {num(r['ms_per_image'])} | "
+            f"{num(r['images_per_s'], 2)} | {r['baseline'] or '-'} | "
+            f"{num(r['baseline_ms_per_image'])} | "
+            f"{num(r['speedup'], 2) + 'x' if r['baseline'] else '-'} |")
+    return '\n'.join(lines)
+
+
+def machine_info(device: str) -> Dict[str, object]:
+    import torch
+    from ..threads import available_cores
+    info = dict(platform=platform.platform(), python=platform.python_version(),
+                torch=torch.__version__, cores=available_cores(),
+                threads=torch.get_num_threads(), device=device)
+    try:
+        info['load_average'] = os.getloadavg()
+    except OSError:
+        pass
+    if device == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(0)
+    return info
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description='Images/s and ms per image of the model forward (a), '
+        'post-processing (b), test.py --format-only (c), the evaluator (d) '
+        "and the forward against torchvision's maskrcnn_resnet50_fpn (e), "
+        'each against its baseline in the same run (medians).')
+    parser.add_argument('config', help='model config (zoo or sample)')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--json', required=True, metavar='OUT',
+                        help='write the rows and the machine here')
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed repetitions per measure (median; after '
+                        'one warm-up)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch intra-op threads (default: '
+                        'bdd100k_ins_seg.threads, OMP_NUM_THREADS wins)')
+    parser.add_argument('--stages', default=None,
+                        help='comma-separated subset of a,b,c,d,e '
+                        '(default: all)')
+    parser.add_argument('--size', default='1280x720',
+                        help='image WIDTHxHEIGHT (default 1280x720)')
+    parser.add_argument('--images', type=int, default=8,
+                        help="images of the evaluator's synthetic split")
+    parser.add_argument('--work-dir', default=None,
+                        help='scratch folder (default: a temporary one)')
+    args = parser.parse_args(argv)
+    if args.stages is not None:
+        args.stages = [s.strip() for s in args.stages.split(',') if s.strip()]
+        bad = [s for s in args.stages if s not in STAGE_MODULES]
+        if bad or not args.stages:
+            parser.error(f'--stages: unknown stage {bad[0] if bad else ""!r}'
+                         f' (choose from {",".join(sorted(STAGE_MODULES))})')
+    try:
+        width, height = (int(v) for v in args.size.lower().split('x'))
+        if width < 32 or height < 32:
+            raise ValueError
+    except ValueError:
+        parser.error(f'--size: expected WIDTHxHEIGHT of at least 32x32, got '
+                     f'{args.size!r}')
+    args.size = (width, height)
+    for flag in ('repeats', 'images', 'threads'):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f'--{flag}: must be at least 1, got {value}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    def fail(what, why):
+        sys.exit(f'{PROG}: error: {what}: {why}')
+
+    if not osp.isfile(args.config):
+        fail(args.config, 'config file not found')
+    import torch
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        fail('--device cuda', 'no CUDA device available')
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    else:
+        from ..threads import configure_threads
+        configure_threads(num_workers=0)
+    SETTINGS.update(size=args.size, images=args.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        work_dir = args.work_dir or tmp
+        try:
+            rows = run_stages(args.config, args.device, args.repeats,
+                              work_dir, args.stages)
+        except RuntimeError as e:
+            fail('stage', e)
+    print(format_table(rows), flush=True)
+    result = dict(config=args.config, repeats=args.repeats,
+                  size=list(args.size), machine=machine_info(args.device),
+                  rows=rows)
+    folder = osp.dirname(args.json)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp_json = args.json + '.tmp'
+    with open(tmp_json, 'w') as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp_json, args.json)
+    print(f'written to {args.json}')

@@ -1,0 +1,116 @@
+"""Stages a and e: the model forward alone, and against torchvision's
+``maskrcnn_resnet50_fpn`` on the same image with the same threads.
+
+"Forward alone" is the network up to the per-detection mask logits (28x28):
+pasting masks into the full image is post-processing (stage b). The
+torchvision model is timed the same way (its ``postprocess``, which pastes,
+is left out), with its input size, class count, proposals and detections
+set like the zoo's Mask R-CNN (720/1280 px, 8 classes + background, 1000
+proposals, up to 100 detections at score >= 0), and weights=None (the
+speed does not depend on the values; random weights give the full 100
+detections to both).
+"""
+import os.path as osp
+import warnings
+
+import numpy as np
+
+from . import SETTINGS, make_row, median_ms
+
+
+def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8, smooth noise (a JPEG-like image, not flat)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3),
+                         dtype=np.uint8)
+    return np.ascontiguousarray(
+        small.repeat(16, 0).repeat(16, 1)[:height, :width])
+
+
+def build_model(config: str, device: str):
+    """The config's detector with untrained weights, in eval mode, its
+    mask pasting switched off (see the module doc)."""
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+
+    from ..config_lookup import install_base_config_lookup
+    install_base_config_lookup()
+    cfg = Config.fromfile(config)
+    with warnings.catch_warnings():
+        # "checkpoint is None, use COCO classes": untrained on purpose.
+        warnings.simplefilter('ignore', UserWarning)
+        model = init_detector(cfg, checkpoint=None, device=device)
+    model.eval()
+    heads = getattr(model.roi_head, 'mask_head', None)
+    if heads is not None:
+        heads = heads if hasattr(heads, '__len__') else [heads]
+        for head in heads:
+            head.predict_by_feat = _keep_logits
+    return model, cfg
+
+
+def _keep_logits(mask_preds, results_list, *args, **kwargs):
+    return results_list
+
+
+def model_inputs(model, cfg, image: np.ndarray):
+    """The test pipeline + data preprocessor applied to ``image``:
+    (inputs (1, 3, H, W) on the model's device, data_samples)."""
+    from mmcv.transforms import Compose
+    pipeline = []
+    for step in cfg.test_dataloader.dataset.pipeline:
+        step = dict(step)
+        kind = str(step['type'])
+        if kind.endswith('LoadImageFromFile'):
+            step['type'] = 'mmdet.LoadImageFromNDArray'
+        elif kind.endswith('LoadAnnotations'):
+            continue
+        pipeline.append(step)
+    data = Compose(pipeline)(dict(img=image, img_id=0))
+    batch = model.data_preprocessor(
+        dict(inputs=[data['inputs']], data_samples=[data['data_samples']]),
+        False)
+    return batch['inputs'], batch['data_samples']
+
+
+def torchvision_model(device: str, width: int, height: int):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=9,
+        min_size=min(width, height), max_size=max(width, height),
+        box_score_thresh=0.0, box_detections_per_img=100,
+        rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000)
+    model.transform.postprocess = lambda result, *args: result
+    return model.eval().to(device)
+
+
+def run(config: str, device: str, repeats: int, work_dir: str) -> list:
+    import torch
+    width, height = SETTINGS['size']
+    image = synthetic_image(width, height)
+    model, cfg = build_model(config, device)
+    inputs, samples = model_inputs(model, cfg, image)
+    sync = torch.cuda.synchronize if device == 'cuda' else None
+
+    def ours():
+        with torch.inference_mode():
+            return model.predict(inputs, samples, rescale=False)
+
+    ours_ms = median_ms(ours, repeats, sync)
+    tv = torchvision_model(device, width, height)
+    tv_input = [torch.from_numpy(image[..., ::-1].copy()).permute(
+        2, 0, 1).float().div(255).to(device)]
+
+    def theirs():
+        with torch.inference_mode():
+            return tv(tv_input)
+
+    tv_ms = median_ms(theirs, repeats, sync)
+    name = osp.splitext(osp.basename(config))[0]
+    what = (f'{name} forward, {width}x{height}, {device}, '
+            f'{torch.get_num_threads()} threads')
+    return [
+        make_row('a', what, ours_ms),
+        make_row('e', what, ours_ms,
+                 'torchvision maskrcnn_resnet50_fpn forward', tv_ms),
+    ]

@@ -1,0 +1,57 @@
+"""tools/benchmark.py on CPU at a tiny size: it runs, writes its rows, and
+checks the evaluators agree (no timing assertions)."""
+import json
+import math
+import pytest
+
+import bdd100k_ins_seg.benchmark as benchmark
+
+SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
+
+
+def test_benchmark_cli_tiny(tmp_path, capsys):
+    out = tmp_path / 'out' / 'bench.json'
+    benchmark.main([SAMPLE, '--device', 'cpu', '--json', str(out),
+                    '--repeats', '1', '--stages', 'a,d,e', '--size', '96x64',
+                    '--images', '1', '--threads', '1'])
+    result = json.loads(out.read_text())
+    rows = result['rows']
+    assert [r['stage'] for r in rows] == ['a', 'e', 'd']
+    for row in rows:
+        assert set(benchmark.ROW_KEYS) <= set(row)
+        assert row['ms_per_image'] > 0
+        assert row['images_per_s'] == pytest.approx(1000 /
+                                                    row['ms_per_image'])
+    for row in rows[1:]:
+        assert row['speedup'] == pytest.approx(
+            row['baseline_ms_per_image'] / row['ms_per_image'])
+    assert math.isnan(rows[0]['speedup'])
+    assert 'identical' in rows[2]['what']
+    assert result['machine']['threads'] == 1
+    table = capsys.readouterr().out
+    assert '| d | evaluator' in table and 'torchvision' in table
+
+
+def test_missing_stage_module_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmark, 'STAGES', ['model', 'nope'])
+    monkeypatch.setattr(benchmark, 'STAGE_MODULES', {'x': 'nope'})
+    with pytest.raises(RuntimeError,
+                       match=r'bdd100k_ins_seg\.benchmark\.nope is missing'):
+        benchmark.run_stages(SAMPLE, 'cpu', 1, str(tmp_path), ['x'])
+
+
+def test_bad_arguments(tmp_path, capsys):
+    for argv, message in (
+            (['--stages', 'a,z'], "--stages: unknown stage 'z'"),
+            (['--size', '12x'], '--size: expected WIDTHxHEIGHT'),
+            (['--repeats', '0'], '--repeats: must be at least 1')):
+        with pytest.raises(SystemExit) as info:
+            benchmark.main([SAMPLE, '--json', str(tmp_path / 'x.json')] +
+                           argv)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        benchmark.main(['nope.py', '--json', str(tmp_path / 'x.json')])
+    assert info.value.code == ('benchmark.py: error: nope.py: config file '
+                               'not found')
+    assert not (tmp_path / 'x.json').exists()

@@ -1,0 +1,66 @@
+"""CUDA-only checks, run by ``make gpu-check`` (``pytest -m cuda``).
+
+Deselected without ``-m cuda`` (tests/conftest.py); selected on a machine
+without CUDA they fail, saying so.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet)
+
+pytestmark = pytest.mark.cuda
+SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
+
+
+@pytest.fixture(autouse=True)
+def need_cuda():
+    assert torch.cuda.is_available(), (
+        'these tests need a CUDA device (torch.cuda.is_available() is '
+        'False); run them on a CUDA machine or without -m cuda')
+
+
+def test_ops_on_cuda_equal_cpu():
+    from mmcv.ops import RoIAlign, nms
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.rand(2, 8, 32, 40, generator=gen)
+    xy = torch.rand(30, 2, generator=gen) * 30
+    wh = torch.rand(30, 2, generator=gen) * 20 + 1
+    rois = torch.cat([torch.randint(0, 2, (30, 1), generator=gen).float(),
+                      xy, xy + wh], 1)
+    layer = RoIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0)
+    cpu = layer(feats, rois)
+    cuda = layer(feats.cuda(), rois.cuda()).cpu()
+    assert torch.allclose(cpu, cuda, atol=1e-5)
+    boxes = rois[:, 1:].contiguous()
+    scores = torch.rand(30, generator=gen)
+    _, keep_cpu = nms(boxes, scores, 0.5)
+    _, keep_cuda = nms(boxes.cuda(), scores.cuda(), 0.5)
+    assert torch.equal(keep_cpu, keep_cuda.cpu())
+
+
+def test_sample_model_features_on_cuda_equal_cpu():
+    from bdd100k_ins_seg.benchmark.model import (build_model, model_inputs,
+                                                 synthetic_image)
+    torch.manual_seed(0)
+    model, cfg = build_model(SAMPLE, 'cpu')
+    inputs, _ = model_inputs(model, cfg, synthetic_image(320, 192))
+    with torch.inference_mode():
+        cpu = model.extract_feat(inputs)
+        model.cuda()
+        cuda = model.extract_feat(inputs.cuda())
+    for a, b in zip(cpu, cuda):
+        assert torch.allclose(a, b.cpu(), atol=1e-3, rtol=1e-3)
+
+
+def test_benchmark_on_cuda(tmp_path):
+    from bdd100k_ins_seg.benchmark import main
+    out = tmp_path / 'bench.json'
+    main([SAMPLE, '--device', 'cuda', '--json', str(out), '--repeats', '2',
+          '--stages', 'a,e', '--size', '320x192'])
+    rows = json.loads(out.read_text())['rows']
+    assert [r['stage'] for r in rows] == ['a', 'e']
+    assert all(np.isfinite(r['ms_per_image']) and r['ms_per_image'] > 0
+               for r in rows)

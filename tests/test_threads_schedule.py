@@ -1,0 +1,114 @@
+"""Thread planning (bdd100k_ins_seg.threads) and schedule scaling
+(bdd100k_ins_seg.schedule, what the sample config uses)."""
+import types
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import CheckpointHook
+from mmengine.optim.scheduler import LinearLR, MultiStepLR
+
+import bdd100k_ins_seg  # noqa: F401
+from bdd100k_ins_seg.config_lookup import install_base_config_lookup
+from bdd100k_ins_seg.schedule import ScaleScheduleHook, nominal_iters_of
+from bdd100k_ins_seg.threads import configure_threads, plan_threads
+
+SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
+
+
+def test_processes_times_threads_fit_the_cores():
+    assert plan_threads(0, cores=8, processes=1, env='') == 8
+    assert plan_threads(2, cores=8, processes=1, env='') == 6
+    assert plan_threads(0, cores=8, processes=4, env='') == 2
+    assert plan_threads(1, cores=8, processes=4, env='') == 1
+    # Never 0, even with more workers than cores.
+    assert plan_threads(4, cores=2, processes=1, env='') == 1
+    for workers in range(4):
+        for procs in (1, 2, 3, 8):
+            threads = plan_threads(workers, cores=16, processes=procs,
+                                   env='')
+            assert procs * (threads + workers) <= 16 or threads == 1
+    # The environment wins.
+    assert plan_threads(2, cores=8, processes=4, env='3') == 3
+    with pytest.raises(ValueError, match='OMP_NUM_THREADS'):
+        plan_threads(env='two')
+    with pytest.raises(ValueError, match='at least 1'):
+        plan_threads(env='0')
+
+
+def test_configure_threads_reads_the_workers(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
+    monkeypatch.setattr('bdd100k_ins_seg.threads.available_cores', lambda: 4)
+    cfg = Config(dict(train_dataloader=dict(num_workers=2),
+                      val_dataloader=dict(num_workers=1)))
+    try:
+        assert configure_threads(cfg) == 2
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv('OMP_NUM_THREADS', '1')
+        assert configure_threads(cfg) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def fake_runner(cfg, max_iters):
+    """What ScaleScheduleHook reads of a runner, built from ``cfg``."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedulers = []
+    for item in cfg.param_scheduler:
+        item = dict(item)
+        kind = {'LinearLR': LinearLR, 'MultiStepLR': MultiStepLR}[
+            item.pop('type')]
+        schedulers.append(kind(optimizer, **item))
+    checkpoint = CheckpointHook(**{k: v for k, v in
+                                   cfg.default_hooks.checkpoint.items()
+                                   if k != 'type'})
+    loop = types.SimpleNamespace(val_interval=cfg.train_cfg.val_interval,
+                                 val_begin=1)
+    logger = types.SimpleNamespace(info=lambda msg: None)
+    return types.SimpleNamespace(
+        max_iters=max_iters, param_schedulers=schedulers,
+        hooks=[checkpoint], train_loop=loop, logger=logger), optimizer
+
+
+def lr_after(runner, optimizer, iters):
+    lrs = []
+    for _ in range(iters):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        for scheduler in runner.param_schedulers:
+            scheduler.step()
+    return lrs
+
+
+def test_sample_config_keeps_its_shape_with_other_max_iters():
+    install_base_config_lookup()
+    cfg = Config.fromfile(SAMPLE)
+    nominal = cfg.train_cfg.max_iters
+    assert nominal_iters_of(cfg) == nominal
+    hook = ScaleScheduleHook(nominal)
+
+    # The nominal length: nothing changes.
+    runner, optimizer = fake_runner(cfg, nominal)
+    hook.before_train(runner)
+    assert runner.hooks[0].interval == nominal
+    reference = lr_after(runner, optimizer, nominal)
+
+    for max_iters in (20, 2 * nominal):
+        runner, optimizer = fake_runner(cfg, max_iters)
+        hook.before_train(runner)
+        # A checkpoint and a validation at the end, not past it.
+        assert runner.hooks[0].interval == max_iters
+        assert runner.train_loop.val_interval == max_iters
+        lrs = lr_after(runner, optimizer, max_iters)
+        # Warm-up, then the two decays, at the same fractions.
+        assert lrs[0] == pytest.approx(0.01) == reference[0]
+        for frac, lr in ((0.5, 1.0), (0.8, 0.1), (0.99, 0.01)):
+            assert lrs[int(frac * max_iters)] == pytest.approx(lr)
+            assert reference[int(frac * nominal)] == pytest.approx(lr)
+        # Scaling again (a resumed run) changes nothing.
+        milestones = dict(runner.param_schedulers[1].milestones)
+        hook.before_train(runner)
+        assert dict(runner.param_schedulers[1].milestones) == milestones
