@@ -1,0 +1,68 @@
+"""What every command-line entry point shares.
+
+- :func:`fail`: the one error format, ``<script>: error: <what>: <why>``,
+  exit status 1 (argparse's usage errors keep their status 2);
+- :func:`reason`: an exception as the ``<why>`` of that line;
+- :func:`quiet_known_warnings`: silence start-up warnings the user cannot act
+  on (only those; every other warning is still shown). Importing
+  ``bdd100k_ins_seg`` calls it before anything imports mmengine.
+
+This module imports nothing heavy; the scripts still import the package
+(and with it torch, mmengine, mmdet) only after their arguments are parsed,
+so that ``--help`` answers at once.
+"""
+import os.path as osp
+import sys
+import warnings
+from typing import NoReturn, Union
+
+
+def script_name() -> str:
+    """The running script's file name (``test.py``), as argparse names it."""
+    return osp.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'python'
+
+
+def reason(error: BaseException) -> str:
+    """``error`` as one line of text: its message, else its type's name.
+
+    A ``KeyError`` shows its key without the quotes ``str()`` adds.
+    """
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])
+    else:
+        text = str(error)
+    text = ' '.join(text.split())
+    return text or type(error).__name__
+
+
+def fail(what: str, why: Union[str, BaseException]) -> NoReturn:
+    """Stop the script: ``<script>: error: <what>: <why>`` on stderr, exit 1.
+
+    Args:
+        what: the thing that is wrong, named as the user gave it (a path,
+            an option, ``config configs/x.py``).
+        why: what is wrong with it, or the exception that says so.
+    """
+    if isinstance(why, BaseException):
+        why = reason(why)
+    what = ' '.join(str(what).split())
+    why = ' '.join(str(why).split())
+    sys.exit(f'{script_name()}: error: {what}: {why}')
+
+
+# (message regex, module regex): warnings known to be harmless here, matched
+# by their text and by the module they are attributed to.
+KNOWN_WARNINGS = (
+    # mmengine.utils.package_utils imports pkg_resources (and reloads it
+    # through importlib) to look packages up; setuptools is pinned < 82,
+    # where it still exists, so the deprecation is not the user's to fix.
+    (r'pkg_resources is deprecated as an API',
+     r'(mmengine\.utils\.package_utils|importlib|pkg_resources)\Z'),
+)
+
+
+def quiet_known_warnings() -> None:
+    """Ignore the :data:`KNOWN_WARNINGS` (idempotent; nothing else)."""
+    for message, module in KNOWN_WARNINGS:
+        warnings.filterwarnings('ignore', message=message,
+                                category=UserWarning, module=module)
