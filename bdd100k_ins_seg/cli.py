@@ -25,29 +25,40 @@ def script_name() -> str:
 def reason(error: BaseException) -> str:
     """``error`` as one line of text: its message, else its type's name.
 
-    A ``KeyError`` shows its key without the quotes ``str()`` adds.
+    A ``KeyError`` shows its key without the quotes ``str()`` adds; an
+    ``OSError`` with a file name reads ``<file>: <strerror>``.
     """
     if isinstance(error, KeyError) and len(error.args) == 1:
         text = str(error.args[0])
+    elif isinstance(error, OSError) and error.filename and error.strerror:
+        text = f'{error.filename}: {error.strerror}'
     else:
         text = str(error)
     text = ' '.join(text.split())
     return text or type(error).__name__
 
 
-def fail(what: str, why: Union[str, BaseException]) -> NoReturn:
-    """Stop the script: ``<script>: error: <what>: <why>`` on stderr, exit 1.
-
-    Args:
-        what: the thing that is wrong, named as the user gave it (a path,
-            an option, ``config configs/x.py``).
-        why: what is wrong with it, or the exception that says so.
-    """
+def error_line(what: str, why: Union[str, BaseException]) -> str:
+    """``<script>: error: <what>: <why>`` on one line (see :func:`fail`)."""
     if isinstance(why, BaseException):
         why = reason(why)
     what = ' '.join(str(what).split())
     why = ' '.join(str(why).split())
-    sys.exit(f'{script_name()}: error: {what}: {why}')
+    return f'{script_name()}: error: {what}: {why}'
+
+
+def fail(what: str, why: Union[str, BaseException],
+         code: int = 1) -> NoReturn:
+    """Stop the script with :func:`error_line` on stderr and status ``code``.
+
+    Args:
+        what: the thing that is wrong, named as the user gave it
+            (``config configs/x.py``, ``--score-thr``, a path).
+        why: what is wrong with it, or the exception that says so.
+        code: exit status (1; argparse uses 2 for usage errors).
+    """
+    print(error_line(what, why), file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 # (message regex, module regex): warnings known to be harmless here, matched
