@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import os
 import os.path as osp
-import sys
 
 
 def parse_args(argv=None):
@@ -130,10 +129,15 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from bdd100k_ins_seg.cli import fail, reason
+    if not osp.isfile(args.config):
+        fail(f'config {args.config}', 'not found')
     try:
         cfg = build_config(args)
     except Exception as e:  # noqa: BLE001 - any config error: one line
-        sys.exit(f'error: {args.config}: {type(e).__name__}: {e}')
+        fail(f'config {args.config}', e if isinstance(
+            e, (FileNotFoundError, ValueError)) else
+            f'{type(e).__name__}: {reason(e)}')
 
     import torch
     from mmengine.registry import RUNNERS
@@ -149,13 +153,13 @@ def main(argv=None):
         else:
             runner = Runner.from_cfg(cfg)
     except (KeyError, TypeError, ValueError, ImportError) as e:
-        sys.exit(f'error: {args.config}: cannot build the runner: '
-                 f'{type(e).__name__}: {e}')
+        fail(f'config {args.config}', f'cannot build the runner: '
+             f'{type(e).__name__}: {reason(e)}')
     try:
         runner.train()
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.
-        sys.exit(f'error: {e}')
+        fail('cannot train', e)
 
 
 if __name__ == '__main__':
