@@ -15,8 +15,6 @@ import json
 import os
 import os.path as osp
 
-from mmengine.config import DictAction
-
 
 def parse_args():
     parser = argparse.ArgumentParser(
@@ -46,7 +44,7 @@ def parse_args():
                         help='keep the logs and the config copy in WORK_DIR/'
                         '<timestamp>/ (default: none kept, the log is on the '
                         'console; never touches a training\'s files)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action='extend',
                         metavar='KEY=VALUE',
                         help='override config settings, e.g. '
                         'test_dataloader.batch_size=2')
@@ -59,6 +57,12 @@ def parse_args():
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
+    if args.cfg_options:  # mmengine's reading, imported after --help
+        from bdd100k_ins_seg.cli import config_options
+        try:
+            args.cfg_options = config_options(args.cfg_options)
+        except ValueError as e:
+            parser.error(f'--cfg-options: {e}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.unsafe_load:

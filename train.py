@@ -18,8 +18,6 @@ import os.path as osp
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
     parser = argparse.ArgumentParser(
         description='Train a BDD100K instance-segmentation model')
     parser.add_argument('config', help='config file')
@@ -38,7 +36,7 @@ def parse_args(argv=None):
         help='scale the lr linearly with the total batch size '
         '(relative to the config\'s auto_scale_lr.base_batch_size)')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        '--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
         help='override config settings, e.g. train_cfg.max_epochs=1 '
         'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
     parser.add_argument(
@@ -51,6 +49,12 @@ def parse_args(argv=None):
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.cfg_options:  # mmengine's reading, imported after --help
+        from bdd100k_ins_seg.cli import config_options
+        try:
+            args.cfg_options = config_options(args.cfg_options)
+        except ValueError as e:
+            parser.error(f'--cfg-options: {e}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.unsafe_load:

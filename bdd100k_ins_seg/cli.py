@@ -11,10 +11,11 @@ This module imports nothing heavy; the scripts still import the package
 (and with it torch, mmengine, mmdet) only after their arguments are parsed,
 so that ``--help`` answers at once.
 """
+import argparse
 import os.path as osp
 import sys
 import warnings
-from typing import NoReturn, Union
+from typing import Dict, List, NoReturn, Union
 
 
 def script_name() -> str:
@@ -59,6 +60,26 @@ def fail(what: str, why: Union[str, BaseException],
     """
     print(error_line(what, why), file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def config_options(pairs: List[str]) -> Dict:
+    """``--cfg-options KEY=VALUE ...`` read as mmengine's ``DictAction``
+    reads them (``a.b=1``, ``k=[1,2]``, ``k=(a,b)``, ``k=None``...).
+
+    The scripts take the option as plain strings and call this after
+    parsing, so that ``--help`` does not wait for mmengine.
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    from mmengine.config import DictAction
+    for pair in pairs:
+        if '=' not in pair:
+            raise ValueError(f'{pair!r} is not KEY=VALUE')
+    namespace = argparse.Namespace()
+    DictAction(option_strings=['--cfg-options'], dest='cfg_options')(
+        None, namespace, pairs)
+    return namespace.cfg_options
 
 
 # (message regex, module regex): warnings known to be harmless here, matched

@@ -185,3 +185,20 @@ def test_known_warning_is_silenced_and_others_are_not():
     assert warned == [
         '<string>:5: UserWarning: pkg_resources is deprecated as an API '
         '(here)', '<string>:6: UserWarning: another warning'], proc.stderr
+
+
+def test_config_options_read_as_mmengine_does():
+    from bdd100k_ins_seg.cli import config_options
+    assert config_options(['a.b=1', 'c=[1,2]', 'd=x', 'e=None', 'f=(1,a)']) \
+        == {'a.b': 1, 'c': [1, 2], 'd': 'x', 'e': None, 'f': (1, 'a')}
+    with pytest.raises(ValueError, match="'oops' is not KEY=VALUE"):
+        config_options(['a=1', 'oops'])
+
+
+@pytest.mark.parametrize('script', ['train.py', 'test.py'])
+def test_cfg_options_without_value_is_a_usage_error(script):
+    proc = run(command(script, 'configs/sample/mask_rcnn_r18_fpn_sample.py',
+                       '--cfg-options', 'a=1', '--cfg-options', 'oops'))
+    check_usage_error(proc, script)
+    assert proc.stderr.splitlines()[-1] == \
+        f"{script}: error: --cfg-options: 'oops' is not KEY=VALUE"
