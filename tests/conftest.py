@@ -1,12 +1,26 @@
-"""Threads for the test process, and the ``cuda`` marker.
+"""The tests see the warnings a user sees; threads; the ``cuda`` marker.
+
+Importing bdd100k_ins_seg filters the known harmless start-up warnings
+(bdd100k_ins_seg.cli.KNOWN_WARNINGS), but pytest restores the warning
+filters around collection and every test; this applies the same filter
+inside each test, and nothing more.
 
 Tests marked ``@pytest.mark.cuda`` need a CUDA device: they run with
 ``pytest -m cuda`` (``make gpu-check``), where each asserts that CUDA is
 present, and are deselected (listed as such) in every other run.
 """
+import pytest
+
+from bdd100k_ins_seg.cli import quiet_known_warnings
 from bdd100k_ins_seg.threads import configure_threads
 
 configure_threads(num_workers=0)
+
+
+@pytest.fixture(autouse=True)
+def _known_warnings_filtered():
+    quiet_known_warnings()
+    yield
 
 
 def pytest_configure(config):

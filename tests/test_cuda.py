@@ -56,9 +56,13 @@ def test_sample_model_features_on_cuda_equal_cpu():
 
 
 def test_benchmark_on_cuda(tmp_path):
-    from bdd100k_ins_seg.benchmark import main
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('benchmark_tool',
+                                                  'tools/benchmark.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     out = tmp_path / 'bench.json'
-    main([SAMPLE, '--device', 'cuda', '--json', str(out), '--repeats', '2',
+    tool.main([SAMPLE, '--device', 'cuda', '--json', str(out), '--repeats', '2',
           '--stages', 'a,e', '--size', '320x192'])
     rows = json.loads(out.read_text())['rows']
     assert [r['stage'] for r in rows] == ['a', 'e']

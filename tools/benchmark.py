@@ -4,7 +4,65 @@ each against a baseline in the same run (bdd100k_ins_seg.benchmark).
     python tools/benchmark.py CONFIG --device cpu|cuda --json OUT
                               [--repeats N] [--threads T] [--stages a,d,e]
 """
-from bdd100k_ins_seg.benchmark import main
+import argparse
+
+#: Stage letters, as in bdd100k_ins_seg.benchmark.STAGE_MODULES (not
+#: imported here: --help answers without loading the stack).
+STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Images/s and ms per image of the model forward (a), '
+        'post-processing (b), test.py --format-only (c), the evaluator (d) '
+        "and the forward against torchvision's maskrcnn_resnet50_fpn (e), "
+        'each against its baseline in the same run (medians).')
+    parser.add_argument('config', help='model config (zoo or sample)')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--json', required=True, metavar='OUT',
+                        help='write the rows and the machine here')
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed repetitions per measure (median; after '
+                        'one warm-up)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch intra-op threads (default: '
+                        'bdd100k_ins_seg.threads, OMP_NUM_THREADS wins)')
+    parser.add_argument('--stages', default=None,
+                        help='comma-separated subset of a,b,c,d,e '
+                        '(default: all)')
+    parser.add_argument('--size', default='1280x720',
+                        help='image WIDTHxHEIGHT (default 1280x720)')
+    parser.add_argument('--images', type=int, default=8,
+                        help="images of the evaluator's synthetic split")
+    parser.add_argument('--work-dir', default=None,
+                        help='scratch folder (default: a temporary one)')
+    args = parser.parse_args(argv)
+    if args.stages is not None:
+        args.stages = [s.strip() for s in args.stages.split(',') if s.strip()]
+        bad = [s for s in args.stages if s not in STAGE_LETTERS]
+        if bad or not args.stages:
+            parser.error(f'--stages: unknown stage {bad[0] if bad else ""!r}'
+                         f' (choose from {",".join(STAGE_LETTERS)})')
+    try:
+        width, height = (int(v) for v in args.size.lower().split('x'))
+        if width < 32 or height < 32:
+            raise ValueError
+    except ValueError:
+        parser.error(f'--size: expected WIDTHxHEIGHT of at least 32x32, got '
+                     f'{args.size!r}')
+    args.size = (width, height)
+    for flag in ('repeats', 'images', 'threads'):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f'--{flag}: must be at least 1, got {value}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from bdd100k_ins_seg.benchmark import run_cli
+    run_cli(args)
+
 
 if __name__ == '__main__':
     main()

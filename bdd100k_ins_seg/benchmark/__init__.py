@@ -18,14 +18,12 @@ rows ``{'stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
 baseline fields are empty strings / NaN where there is none). Sizes come
 from :data:`SETTINGS` (``--size``, ``--images``), which the stages read.
 """
-import argparse
 import importlib
 import json
 import math
 import os
 import os.path as osp
 import platform
-import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
@@ -41,9 +39,6 @@ ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
 #: Read by the stage modules: image size (width, height) and the number of
 #: images of the evaluator's synthetic split.
 SETTINGS = dict(size=(1280, 720), images=8)
-
-PROG = 'benchmark.py'
-
 
 def load_stage(name: str):
     """The stage module ``bdd100k_ins_seg.benchmark.<name>``; an error
@@ -143,60 +138,10 @@ def machine_info(device: str) -> Dict[str, object]:
     return info
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description='Images/s and ms per image of the model forward (a), '
-        'post-processing (b), test.py --format-only (c), the evaluator (d) '
-        "and the forward against torchvision's maskrcnn_resnet50_fpn (e), "
-        'each against its baseline in the same run (medians).')
-    parser.add_argument('config', help='model config (zoo or sample)')
-    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
-    parser.add_argument('--json', required=True, metavar='OUT',
-                        help='write the rows and the machine here')
-    parser.add_argument('--repeats', type=int, default=5,
-                        help='timed repetitions per measure (median; after '
-                        'one warm-up)')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch intra-op threads (default: '
-                        'bdd100k_ins_seg.threads, OMP_NUM_THREADS wins)')
-    parser.add_argument('--stages', default=None,
-                        help='comma-separated subset of a,b,c,d,e '
-                        '(default: all)')
-    parser.add_argument('--size', default='1280x720',
-                        help='image WIDTHxHEIGHT (default 1280x720)')
-    parser.add_argument('--images', type=int, default=8,
-                        help="images of the evaluator's synthetic split")
-    parser.add_argument('--work-dir', default=None,
-                        help='scratch folder (default: a temporary one)')
-    args = parser.parse_args(argv)
-    if args.stages is not None:
-        args.stages = [s.strip() for s in args.stages.split(',') if s.strip()]
-        bad = [s for s in args.stages if s not in STAGE_MODULES]
-        if bad or not args.stages:
-            parser.error(f'--stages: unknown stage {bad[0] if bad else ""!r}'
-                         f' (choose from {",".join(sorted(STAGE_MODULES))})')
-    try:
-        width, height = (int(v) for v in args.size.lower().split('x'))
-        if width < 32 or height < 32:
-            raise ValueError
-    except ValueError:
-        parser.error(f'--size: expected WIDTHxHEIGHT of at least 32x32, got '
-                     f'{args.size!r}')
-    args.size = (width, height)
-    for flag in ('repeats', 'images', 'threads'):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f'--{flag}: must be at least 1, got {value}')
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-
-    def fail(what, why):
-        sys.exit(f'{PROG}: error: {what}: {why}')
-
+def run_cli(args) -> None:
+    """What ``tools/benchmark.py`` does once its arguments are parsed
+    (``args``: its argparse namespace)."""
+    from ..cli import fail
     if not osp.isfile(args.config):
         fail(args.config, 'config file not found')
     import torch
