@@ -2,11 +2,15 @@
 
 ``mmcv-lite`` ships mmcv's Python code without the compiled extension, and
 ``mmcv.ops`` loads every op eagerly, so ``mmdet.models`` cannot be imported
-without *some* ``mmcv._ext``. The zoo needs only five kernels, all of which
-torchvision provides for CPU and CUDA tensors:
+without *some* ``mmcv._ext``. This file is that module: the start-up hook
+(``_bdd100k_ins_seg_hook``) loads it as ``mmcv._ext`` when mmcv's own
+extension is absent, so it must import nothing but torch and torchvision.
+
+Provided, with mmcv's semantics (CPU and CUDA tensors unless noted):
 
 * ``roi_align_forward`` / ``roi_align_backward`` (avg pooling),
 * ``nms`` (and therefore mmcv's ``batched_nms``),
+* ``softnms`` (linear, gaussian and naive; CPU, as in mmcv),
 * ``deform_conv_forward`` / ``deform_conv_backward_input`` /
   ``deform_conv_backward_parameters`` (``DCN``),
 * ``modulated_deform_conv_forward`` / ``modulated_deform_conv_backward``
@@ -18,16 +22,13 @@ to a function that raises :class:`UnavailableOpError` when called, so
 importing works and only a model that really needs another op fails, with a
 message that names the op.
 """
-import importlib.abc
-import importlib.machinery
-import types
-
 import torch
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 from torchvision.ops import nms as tv_nms
 from torchvision.ops import roi_align as tv_roi_align
 
 MODULE_NAME = 'mmcv._ext'
+backend = 'torchvision'
 
 
 class UnavailableOpError(NotImplementedError):
@@ -235,34 +236,10 @@ IMPLEMENTED = {
 }
 
 
-class _ExtModule(types.ModuleType):
-    """Module whose unknown attributes are ops that fail when called."""
-
-    def __getattr__(self, name):
-        if name.startswith('__'):
-            raise AttributeError(name)
-        op = _unavailable(name)
-        setattr(self, name, op)
-        return op
-
-
-class _ProviderLoader(importlib.abc.Loader):
-    """Loader of the stand-in, so ``importlib``/``pkgutil`` look-ups of
-    ``mmcv._ext`` (mmengine's ``mmcv_full_available``) find it."""
-
-    def create_module(self, spec):
-        return make_module()
-
-    def exec_module(self, module):
-        pass
-
-
-def make_module():
-    module = _ExtModule(MODULE_NAME, __doc__)
-    module.__file__ = __file__
-    module.__spec__ = importlib.machinery.ModuleSpec(
-        MODULE_NAME, _ProviderLoader(), origin=__file__)
-    module.backend = 'torchvision'
-    for name, fn in IMPLEMENTED.items():
-        setattr(module, name, fn)
-    return module
+def __getattr__(name):
+    """Ops this module lacks resolve to functions that raise when called."""
+    if name.startswith('__'):
+        raise AttributeError(name)
+    op = _unavailable(name)
+    globals()[name] = op
+    return op
