@@ -49,6 +49,9 @@ def parse_args():
                         metavar='KEY=VALUE',
                         help='override config settings, e.g. '
                         'test_dataloader.batch_size=2')
+    parser.add_argument('--non-strict', action='store_true',
+                        help='load a checkpoint whose keys/shapes do not all '
+                        'match the model (default: refuse it)')
     parser.add_argument('--unsafe-load', action='store_true',
                         help='load a checkpoint that holds types outside '
                         'the safe allowlist (full pickle: trusted files only)')
@@ -120,6 +123,11 @@ def main():
             fail(f'no published weights for {args.config}: {e}')
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         fail(f'checkpoint not found: {checkpoint}')
+    from bdd100k_ins_seg.checkpoint import CheckpointError, check_checkpoint
+    try:  # before the runner: unreadable or foreign weights stop here
+        check_checkpoint(cfg, checkpoint, strict=not args.non_strict)
+    except CheckpointError as e:
+        fail(str(e))
 
     if args.work_dir:
         cfg.work_dir = args.work_dir

@@ -43,6 +43,10 @@ def parse_args(argv=None):
         help='override config settings, e.g. train_cfg.max_epochs=1 '
         'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
     parser.add_argument(
+        '--non-strict', action='store_true',
+        help='let load_from load a checkpoint whose keys/shapes do not all '
+        'match the model (default: refuse it)')
+    parser.add_argument(
         '--unsafe-load', action='store_true',
         help='load checkpoints (--resume, load_from) that hold types outside '
         'the safe allowlist (full pickle: trusted files only)')
@@ -134,6 +138,13 @@ def main(argv=None):
         cfg = build_config(args)
     except Exception as e:  # noqa: BLE001 - any config error: one line
         sys.exit(f'error: {args.config}: {type(e).__name__}: {e}')
+
+    if cfg.get('load_from') and not cfg.get('resume'):
+        from bdd100k_ins_seg.checkpoint import CheckpointError, check_checkpoint
+        try:  # before the runner: unreadable or foreign weights stop here
+            check_checkpoint(cfg, cfg.load_from, strict=not args.non_strict)
+        except CheckpointError as e:
+            sys.exit(f'train.py: error: {e}')
 
     import torch
     from mmengine.registry import RUNNERS
