@@ -337,3 +337,25 @@ def test_train_py_load_from_is_strict(tiny, tmp_path):
     proc = _script('train.py', [config, '--non-strict'] + options, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert osp.isfile(tmp_path / 'wd' / 'iter_1.pth')
+
+
+@pytest.mark.parametrize('name', ['mask_rcnn_r50_fpn_dconv_1x',
+                                  'mask_rcnn_hrnetv2p_w18_1x'])
+def test_pre_flight_model_matches_the_built_model(name):
+    """The check builds the model on torch's 'meta' device (no weights
+    allocated); its keys and shapes are those of the model the runner
+    builds, whose layout the published weights have (test_configs.py)."""
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+
+    from bdd100k_ins_seg.checkpoint import (compare_state_dicts,
+                                            model_state_shapes)
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(osp.join(repo, 'configs', 'ins_seg',
+                                   f'{name}_ins_seg_bdd100k.py'))
+    cfg.model.backbone.init_cfg = None
+    expected = model_state_shapes(cfg.model)
+    assert any(t.is_meta for t in expected.values())
+    built = MODELS.build(cfg.model).state_dict()
+    assert list(expected) == list(built)
+    assert compare_state_dicts(expected, built) == ([], [], [])
