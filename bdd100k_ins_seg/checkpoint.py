@@ -36,6 +36,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be (safely) loaded."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose keys or shapes do not fit the model."""
+
+
 def _history_buffer_getattr(obj, name):
     """``getattr`` restricted to what mmengine's pickles need.
 
@@ -112,12 +116,43 @@ def safe_load(path, map_location='cpu', allow_unsafe=False):
                 f'allowlist ({", ".join(sorted(unsafe))}); if you trust this '
                 f'file, load it with --unsafe-load (or {UNSAFE_ENV}=1)'
             ) from None
+        why = _not_a_checkpoint(path)
         raise CheckpointError(
+            f'checkpoint {path} {why}' if why else
             f'checkpoint {path} cannot be loaded: {_first_line(e)}') from None
     except Exception as e:  # any other failure: corrupt/truncated file
         raise CheckpointError(
-            f'checkpoint {path} is not a valid torch checkpoint (corrupt or '
-            f'truncated?): {_first_line(e)}') from None
+            f'checkpoint {path} {_not_a_checkpoint(path, e)}') from None
+
+
+def _not_a_checkpoint(path, err=None):
+    """Why ``path`` is no torch checkpoint, judged by its first bytes (a
+    torch file is a zip archive, or a pickle in the legacy format); with
+    ``err`` (the error torch.load raised) a reason is always given."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError as e:
+        return f'cannot be read: {e.strerror}'
+    if not head:
+        return 'is empty (0 bytes)'
+    if head.startswith(b'PK'):  # a zip archive: torch's format, damaged
+        # torch's own message (first sentence) says what is damaged.
+        detail = (': ' + _first_line(err).split('. ')[0].rstrip('.')
+                  if isinstance(err, RuntimeError) else '')
+        return ('is not a valid torch checkpoint (corrupt or truncated?)' +
+                detail if err is not None else None)
+    if head[0] != 0x80:  # neither zip nor pickle (protocol 2+)
+        try:
+            head.decode('utf-8')
+            kind = 'a text file'
+        except UnicodeDecodeError as e:  # text cut inside a character?
+            kind = ('a text file' if e.start >= len(head) - 3 else
+                    'neither a zip archive nor a pickle')
+        return f'is not a torch checkpoint ({kind})'
+    # A pickle (torch's legacy format) that does not unpickle: cut short?
+    return ('is not a valid torch checkpoint (corrupt or truncated?)'
+            if err is not None else None)
 
 
 def _first_line(err):
@@ -218,8 +253,9 @@ def check_checkpoint(cfg, filename, strict=True):
     builds. The loaded file is kept for the runner's load that follows.
 
     Raises:
-        CheckpointError: unreadable file, or (strict) any missing,
-            unexpected or mis-shaped key; the message is one line.
+        CheckpointError: unreadable file (one-line message).
+        CheckpointMismatchError: (strict) any missing, unexpected or
+            mis-shaped key (one-line message without the file name).
     """
     from mmengine.runner.checkpoint import CheckpointLoader
     filename = str(filename)
@@ -235,8 +271,7 @@ def check_checkpoint(cfg, filename, strict=True):
         raise CheckpointError(_first_line(e)) from None
     except Exception as e:  # noqa: BLE001 - download errors and the like
         raise CheckpointError(
-            f'cannot load checkpoint {filename}: {type(e).__name__}: '
-            f'{_first_line(e)}') from None
+            f'{filename}: {type(e).__name__}: {_first_line(e)}') from None
     if not strict:
         return
     expected = model_state_shapes(cfg.model, cfg.get('default_scope',
@@ -244,10 +279,22 @@ def check_checkpoint(cfg, filename, strict=True):
     mismatch = compare_state_dicts(expected, state_dict)
     if any(mismatch):
         _PRELOADED.clear()
-        raise CheckpointError(
-            f'checkpoint {filename} does not fit the model of the config: '
+        raise CheckpointMismatchError(
+            'does not fit the model of the config: '
             f'{describe_mismatch(*mismatch)} (--non-strict loads the '
             'matching part)')
+
+
+def check_checkpoint_or_fail(cfg, filename, strict=True):
+    """:func:`check_checkpoint` for the scripts: a problem ends the process
+    with one line (``<script>: error: ...``, exit status 1)."""
+    from .cli import fail
+    try:
+        check_checkpoint(cfg, filename, strict=strict)
+    except CheckpointMismatchError as e:
+        fail(f'checkpoint {filename}', e)
+    except CheckpointError as e:
+        fail('cannot load checkpoint', e)
 
 
 def _load_from_http(filename, map_location=None, model_dir=None,
