@@ -292,6 +292,27 @@ def test_check_checkpoint_in_process(tiny):
         check_checkpoint(cfg, str(text))
 
 
+def test_scripts_fail_in_one_line(tiny, capsys, monkeypatch):
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+    root, config, good, bad, expected = tiny
+    monkeypatch.setattr('sys.argv', ['test.py'])
+    cfg = Config.fromfile(config)
+    text = root / 'notes.pth'
+    text.write_text('not a checkpoint\n')
+    for path, line in (
+            (str(text), f'test.py: error: cannot load checkpoint: '
+             f'checkpoint {text} is not a torch checkpoint (a text file)'),
+            (bad, f'test.py: error: checkpoint {bad}: does not fit the model '
+             f'of the config: {expected} (--non-strict loads the matching '
+             'part)')):
+        with pytest.raises(SystemExit) as exit_info:
+            check_checkpoint_or_fail(cfg, path)
+        assert exit_info.value.code == 1
+        assert capsys.readouterr().err == line + '\n'
+
+
 def _script(name, args, cwd):
     import subprocess
     import sys
@@ -313,16 +334,14 @@ def _one_line_error(proc, script, *fragments):
     assert 'System environment' not in proc.stdout + proc.stderr
 
 
-def test_test_py_refuses_foreign_or_unreadable_weights(tiny, tmp_path):
+def test_test_py_refuses_foreign_weights_before_the_runner(tiny, tmp_path):
+    # (an unreadable file: test_check_checkpoint_in_process)
     root, config, good, bad, expected = tiny
-    text = tmp_path / 'notes.pth'
-    text.write_text('not a checkpoint\n')
     args = ['--format-only', '--format-dir', 'out', '--work-dir', 'wd']
     _one_line_error(_script('test.py', [config, bad] + args, tmp_path),
-                    'test.py', expected, '--non-strict')
-    _one_line_error(_script('test.py', [config, str(text)] + args, tmp_path),
-                    'test.py', 'notes.pth')
-    assert os.listdir(tmp_path) == ['notes.pth']  # nothing written
+                    'test.py', f'checkpoint {bad}: does not fit the model',
+                    expected, '--non-strict')
+    assert os.listdir(tmp_path) == []  # nothing written
     proc = _script('test.py', [config, bad, '--non-strict'] + args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(os.listdir(tmp_path / 'out' / 'bitmasks')) == 2
