@@ -19,6 +19,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = 'mask_rcnn_r50_fpn_3x_ins_seg_bdd100k'
+BDD100K_CLASSES = ('pedestrian', 'rider', 'car', 'truck', 'bus', 'train',
+                   'motorcycle', 'bicycle')
 
 SHRINK = dict(
     backbone=dict(depth=18, base_channels=8, init_cfg=None),
@@ -62,14 +64,16 @@ def test_readme_python_block_runs(tmp_path, monkeypatch):
     config = str(REPO / 'configs' / 'ins_seg' / f'{NAME}.py')
     torch.manual_seed(0)
     model = MODELS.build(shrunk(config).model)
-    with torch.no_grad():  # the car logit dominant: predictions pass 0.3
+    with torch.no_grad():  # the truck logit dominant: predictions pass 0.3
         model.roi_head.bbox_head.fc_cls.weight.zero_()
         model.roi_head.bbox_head.fc_cls.bias.zero_()
-        model.roi_head.bbox_head.fc_cls.bias[2] = 20.0
+        model.roi_head.bbox_head.fc_cls.bias[3] = 20.0
     mirror = tmp_path / 'mirror'
     mirror.mkdir()
     weights = mirror / f'{NAME}.pth'
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, weights)
+    # the published (mmdet 2.x) layout: class names in meta['CLASSES']
+    meta = dict(CLASSES=BDD100K_CLASSES, mmdet_version='2.18.0')
+    torch.save({'state_dict': model.state_dict(), 'meta': meta}, weights)
     md5 = hashlib.md5(weights.read_bytes()).hexdigest()
     (mirror / f'{NAME}.md5').write_text(f'{md5}  {NAME}.pth\n')
 
@@ -96,8 +100,9 @@ def test_readme_python_block_runs(tmp_path, monkeypatch):
     cached = tmp_path / 'cache' / f'{NAME}.pth'
     assert opened == [(config, str(cached))]  # the zoo's config + download
     classes = namespace['classes']
+    assert tuple(classes) == BDD100K_CLASSES  # not mmdet's COCO fallback
     printed = [classes[i] for i in namespace['pred'].labels.tolist()]
-    assert 0 < len(printed) <= 100 and set(printed) == {'car'}
+    assert 0 < len(printed) <= 100 and set(printed) == {'truck'}
     assert namespace['pred'].masks.shape[1:] == (360, 640)
     drawn = np.asarray(Image.open('street_pred.jpg'))
     assert drawn.shape == image.shape
