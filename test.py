@@ -49,6 +49,10 @@ def parse_args():
                         metavar='KEY=VALUE',
                         help='override config settings, e.g. '
                         'test_dataloader.batch_size=2')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue an interrupted run into --format-dir:'
+                        ' images already written there are not inferred '
+                        'again')
     parser.add_argument('--unsafe-load', action='store_true',
                         help='load a checkpoint that holds types outside '
                         'the safe allowlist (full pickle: trusted files only)')
@@ -74,6 +78,8 @@ def parse_args():
         parser.error('--out-file saves scores; --format-only computes none')
     if args.format_only and not args.format_dir:
         parser.error('--format-only/--img-dir need --format-dir')
+    if args.resume and not args.format_dir:
+        parser.error('--resume continues a --format-dir folder')
     if not (args.format_only or args.format_dir or args.eval):
         args.eval = True  # plain `test.py CONFIG CKPT` scores, as in mmdet
     return args
@@ -165,7 +171,16 @@ def main():
         fail(f'GT bitmask folder not found: {evaluator["gt_dir"]}')
     if args.format_only:
         evaluator['gt_dir'] = None
+    evaluator['resume'] = args.resume
     cfg.test_evaluator = evaluator
+
+    from bdd100k_ins_seg import inference
+    try:  # before the model is built: nothing is written if one fails
+        cfg.test_evaluator.manifest = inference.preflight(
+            cfg, checkpoint, evaluator['gt_dir'], args.format_dir,
+            args.resume)
+    except inference.PreflightError as e:
+        fail(str(e))
 
     if args.show_dir:
         hooks = cfg.default_hooks
@@ -186,10 +201,21 @@ def main():
     except Exception as e:  # truncated, not a checkpoint, unsafe pickle
         fail(f'cannot load checkpoint {checkpoint}: '
              f'{type(e).__name__}: {e}'.replace('\n', ' '))
+    if not args.show_dir:  # the drawing hook needs full-size masks
+        from bdd100k_ins_seg.paste import enable_box_masks
+        enable_box_masks(runner.model)
+    inference.raise_on_sigterm()
     try:
         metrics = runner.test()
-    except (FileNotFoundError, ValueError) as e:  # data / GT problems
-        fail(str(e).replace('\n', ' '))
+    except (inference.Terminated, KeyboardInterrupt):
+        runner.test_evaluator.metrics[0].flush()
+        fail('interrupted; the images written so far are kept: continue '
+             'with --resume' if args.format_dir else 'interrupted')
+    except (FileNotFoundError, ValueError, AssertionError) as e:  # data, GT
+        message = inference.one_line(e)
+        if message is None:
+            raise
+        fail(message)
 
     official = runner.test_evaluator.metrics[0].last_result
     if args.out_file and runner.rank == 0 and official is not None:
