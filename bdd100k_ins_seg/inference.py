@@ -224,6 +224,13 @@ def preflight(cfg, checkpoint: str, gt_dir: Optional[str],
     done = prepare_output(format_dir, manifest, resume)
     todo = todo_indices(paths, done)
     check_images([paths[i] for i in todo])
+    if resume:
+        print(f'resuming {format_dir}: {len(paths) - len(todo)} of '
+              f'{len(paths)} images done, {len(todo)} to infer', flush=True)
+    if not todo and paths:
+        # mmengine's loop needs one image: the first is inferred again
+        # (the same file) and the folder closed as usual.
+        todo = [0]
     if done:
         dataset_cfg.indices = todo
     return manifest
