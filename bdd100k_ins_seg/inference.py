@@ -64,7 +64,10 @@ def dataset_image_paths(dataset_cfg) -> List[str]:
     cfg.pop('indices', None)
     cfg['pipeline'] = []
     cfg['lazy_init'] = False
-    dataset = DATASETS.build(cfg)
+    try:
+        dataset = DATASETS.build(cfg)
+    except (OSError, ValueError, KeyError) as e:  # unreadable list / image
+        raise PreflightError(str(e).replace('\n', ' ')) from None
     return [dataset.get_data_info(i)['img_path']
             for i in range(len(dataset))]
 

@@ -20,14 +20,14 @@ from test_test_script import REPO, one_line_error, read_outputs
 TESTS = osp.dirname(osp.abspath(__file__))
 NUM_IMAGES = 8
 
-# Every image waits 0.25 s in the pipeline (tests/slow_transform.py) so that
+# Every image waits 0.2 s in the pipeline (tests/slow_transform.py) so that
 # the runs below can be stopped half-way.
 SLOW = """
 _base_ = '{base}'
 custom_imports = dict(imports=['bdd100k_ins_seg', 'slow_transform'],
                       allow_failed_imports=False)
 unlabeled_test_pipeline = [
-    dict(type='WaitForTest', seconds=0.25),
+    dict(type='WaitForTest', seconds=0.2),
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(160, 96), keep_ratio=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
@@ -163,6 +163,25 @@ def assert_same_as_reference(root, out):
     assert not osp.exists(osp.join(out, '.parts'))
 
 
+def refused_as_another_run(setup, args):
+    import torch
+    root, data, config, checkpoint = setup
+    other = root / 'other.pth'
+    state = torch.load(checkpoint, weights_only=True)
+    key = next(iter(state['state_dict']))
+    state['state_dict'][key] = state['state_dict'][key] + 1
+    torch.save(state, str(other))
+    one_line_error(run([config, str(other)] + args[2:] + ['--resume'],
+                       cwd=root), 'another checkpoint')
+    fewer = root / 'fewer'
+    fewer.mkdir()
+    for name in sorted(os.listdir(data / 'images'))[:3]:
+        os.link(data / 'images' / name, fewer / name)
+    img_dir = args.index('--img-dir') + 1
+    one_line_error(run(args[:img_dir] + [str(fewer)] + args[img_dir + 1:]
+                       + ['--resume'], cwd=root), 'another image list')
+
+
 @pytest.mark.parametrize('processes', [1, 2])
 def test_killed_and_terminated_runs_resume_to_the_same_files(setup,
                                                              processes):
@@ -174,8 +193,11 @@ def test_killed_and_terminated_runs_resume_to_the_same_files(setup,
     stop_after(args, root, processes, signal.SIGKILL, rng.randint(2, 3))
     written = len(pngs_in(root / out))
     assert 0 < written < NUM_IMAGES
-    if processes == 1:  # without --resume the folder is refused, untouched
+    if processes == 1:
+        # Without --resume, or with another checkpoint or image set, the
+        # folder is refused, untouched.
         one_line_error(run(args, cwd=root), '--resume')
+        refused_as_another_run(setup, args)
         assert len(pngs_in(root / out)) == written
     # SIGTERM (preemption) of the resumed run: what was inferred is
     # flushed, the run exits non-zero and says how to continue.
@@ -201,30 +223,6 @@ def test_killed_and_terminated_runs_resume_to_the_same_files(setup,
     proc = resumed(args, root, processes)
     assert f'{NUM_IMAGES} of {NUM_IMAGES} images done, 0' in proc.stdout
     assert_same_as_reference(root, root / out)
-
-
-def test_folder_of_another_checkpoint_or_image_set_is_refused(setup,
-                                                              tmp_path):
-    import torch
-    root, data, config, checkpoint = setup
-    args = args_for(setup, str(tmp_path / 'out'))
-    stop_after(args, root, 1, signal.SIGKILL, 1)
-    before = sorted(os.listdir(tmp_path / 'out' / 'bitmasks'))
-    other = tmp_path / 'other.pth'
-    state = torch.load(checkpoint, weights_only=True)
-    key = next(iter(state['state_dict']))
-    state['state_dict'][key] = state['state_dict'][key] + 1
-    torch.save(state, str(other))
-    one_line_error(run([config, str(other)] + args[2:] + ['--resume'],
-                       cwd=root), 'another checkpoint')
-    fewer = tmp_path / 'fewer'
-    fewer.mkdir()
-    for name in sorted(os.listdir(data / 'images'))[:3]:
-        os.link(data / 'images' / name, fewer / name)
-    one_line_error(run([config, checkpoint, '--img-dir', str(fewer),
-                        '--format-dir', str(tmp_path / 'out'), '--work-dir',
-                        'wd', '--resume'], cwd=root), 'another image list')
-    assert sorted(os.listdir(tmp_path / 'out' / 'bitmasks')) == before
 
 
 def test_checks_before_inference(setup, tmp_path):
