@@ -215,6 +215,7 @@ def main():
         message = inference.one_line(e)
         if message is None:
             raise
+        runner.test_evaluator.metrics[0].flush()  # keep what is finished
         fail(message)
 
     official = runner.test_evaluator.metrics[0].last_result
