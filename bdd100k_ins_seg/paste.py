@@ -117,12 +117,24 @@ def _grids(boxes: torch.Tensor, windows: np.ndarray):
     return img_x, img_y
 
 
-def paint(masks: BoxMasks, scores) -> Tuple[torch.Tensor, np.ndarray]:
+def _packed_rgba(rank: int, category: int) -> int:
+    """The RGBA bitmask pixel of an instance as one little-endian int32:
+    R = category, G = 0, B = rank >> 8, A = rank & 0xFF."""
+    value = category | (rank >> 8) << 16 | (rank & 0xFF) << 24
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def paint(masks: BoxMasks, scores, categories=None
+          ) -> Tuple[torch.Tensor, np.ndarray]:
     """Paste every mask into one (H, W) map of score ranks.
 
     Args:
         masks: the instances' :class:`BoxMasks`.
         scores: (N,) scores (tensor or array).
+        categories: optional (N,) category ids 1..8: then each pixel holds
+            the whole RGBA bitmask pixel (see :func:`_packed_rgba`), so the
+            map viewed as (H, W, 4) bytes on a little-endian machine is the
+            bitmask.
 
     Returns:
         ``(ranks, order)``: (H, W) int32 tensor on the masks' device, 0 =
@@ -162,11 +174,17 @@ def paint(masks: BoxMasks, scores) -> Tuple[torch.Tensor, np.ndarray]:
             np.minimum(np.ceil(b[:, 3]) + 1, height)], 1).astype(np.int64)
     grid_x, grid_y = _grids(boxes, windows)
     sampler = torch.grid_sampler  # F.grid_sample without its checks:
+    if categories is None:
+        values = list(range(1, n + 1))
+    else:
+        categories = np.asarray(categories).reshape(-1)
+        values = [_packed_rgba(rank + 1, int(categories[order[rank]]))
+                  for rank in range(n)]
     for rank in range(n - 1, -1, -1):  # ascending score: best painted last
         i = int(order[rank])
         if not regular[i]:
             # Degenerate box: mmdet's own paste, in its own window.
-            ranks.masked_fill_(masks[i:i + 1].full()[0], rank + 1)
+            ranks.masked_fill_(masks[i:i + 1].full()[0], values[rank])
             continue
         x0, y0, x1, y1 = windows[i].tolist()
         w, h = x1 - x0, y1 - y0
@@ -175,9 +193,9 @@ def paint(masks: BoxMasks, scores) -> Tuple[torch.Tensor, np.ndarray]:
         grid = torch.stack([grid_x[i, :w].expand(h, w),
                             grid_y[i, :h, None].expand(h, w)], dim=2)
         # bilinear (0), zeros padding (0), align_corners=False, as mmdet
-        values = sampler(probs[i:i + 1], grid[None], 0, 0, False)
-        ranks[y0:y1, x0:x1].masked_fill_(values[0, 0] >= threshold,
-                                         rank + 1)
+        sampled = sampler(probs[i:i + 1], grid[None], 0, 0, False)
+        ranks[y0:y1, x0:x1].masked_fill_(
+            sampled[0, 0] >= threshold, values[rank])
     return ranks, order
 
 
