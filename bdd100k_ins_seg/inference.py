@@ -37,7 +37,11 @@ _IDENTITY = (('config', 'config'), ('checkpoint', 'checkpoint'),
 
 
 class PreflightError(ValueError):
-    """A check before inference failed (message: one line)."""
+    """A check before inference failed: ``what`` is wrong, and ``why``."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f'{what}: {why}')
+        self.what, self.why = what, ' '.join(str(why).split())
 
 
 class Terminated(BaseException):
@@ -67,7 +71,7 @@ def dataset_image_paths(dataset_cfg) -> List[str]:
     try:
         dataset = DATASETS.build(cfg)
     except (OSError, ValueError, KeyError) as e:  # unreadable list / image
-        raise PreflightError(str(e).replace('\n', ' ')) from None
+        raise PreflightError('test images', str(e)) from None
     return [dataset.get_data_info(i)['img_path']
             for i in range(len(dataset))]
 
@@ -80,22 +84,23 @@ def check_images(paths: Sequence[str]) -> None:
             with Image.open(path) as image:
                 image.size  # noqa: B018  (the header is parsed)
         except FileNotFoundError:
-            raise PreflightError(f'image not found: {path}') from None
+            raise PreflightError(f'image {path}', 'not found') from None
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             why = ('not an image file' if isinstance(
                 e, UnidentifiedImageError) else str(e) or type(e).__name__)
-            raise PreflightError(f'cannot read image {path}: {why}') from None
+            raise PreflightError(f'image {path}',
+                                 f'cannot be read: {why}') from None
 
 
 def check_gt(gt_dir: str, paths: Sequence[str]) -> None:
     """Every image has its GT bitmask ``<stem>.png`` in ``gt_dir``."""
     if not osp.isdir(gt_dir):
-        raise PreflightError(f'GT bitmask folder not found: {gt_dir}')
+        raise PreflightError(f'GT bitmask folder {gt_dir}', 'not found')
     have = set(os.listdir(gt_dir))
     missing = [bitmask_name(p) for p in paths if bitmask_name(p) not in have]
     if missing:
         raise PreflightError(
-            f'GT bitmask folder {gt_dir} has no bitmask for {len(missing)} '
+            f'GT bitmask folder {gt_dir}', f'no bitmask for {len(missing)} '
             f'of the {len(paths)} images, e.g. {missing[0]}')
 
 
@@ -108,16 +113,16 @@ def check_output_dir(out_dir: str) -> None:
             break
         probe_in = parent
     if not osp.isdir(probe_in):
-        raise PreflightError(f'output folder {out_dir} cannot be created: '
-                             f'{probe_in} is not a folder')
+        raise PreflightError(f'output folder {out_dir}', 'cannot be '
+                             f'created: {probe_in} is not a folder')
     try:
         with tempfile.TemporaryFile(dir=probe_in):
             pass
     except OSError as e:
         where = ('is not writable' if probe_in == osp.abspath(out_dir)
                  else f'cannot be created in {probe_in}')
-        raise PreflightError(f'output folder {out_dir} {where}: '
-                             f'{e.strerror or e}') from None
+        raise PreflightError(f'output folder {out_dir}',
+                             f'{where}: {e.strerror or e}') from None
 
 
 def _sha256(data: bytes) -> str:
@@ -190,7 +195,7 @@ def prepare_output(out_dir: str, manifest: Dict, resume: bool) -> Set[str]:
             for key, words in _IDENTITY:
                 if old.get(key) != manifest[key]:
                     raise PreflightError(
-                        f'{out_dir} holds predictions of another {words} '
+                        out_dir, f'holds predictions of another {words} '
                         f'({old.get(key)} != {manifest[key]}); resume it '
                         'with the same config, checkpoint and images, or '
                         'use another --format-dir')
@@ -198,7 +203,7 @@ def prepare_output(out_dir: str, manifest: Dict, resume: bool) -> Set[str]:
             done.update(read_journals(out_dir))
     elif _incomplete(out_dir):
         raise PreflightError(
-            f'{out_dir} holds an interrupted run: add --resume to continue '
+            out_dir, 'holds an interrupted run: add --resume to continue '
             'it, or remove the folder')
     return done
 
