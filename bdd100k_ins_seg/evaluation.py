@@ -234,9 +234,14 @@ class BDD100KInsSegMetric(BaseMetric):
     def flush(self) -> None:
         """Finish the queued images of this rank and stop (an interrupted
         run: no ``score.json``; ``--resume`` continues it)."""
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
+        try:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                writer.close()
+        finally:
+            if self._tmp_dir is not None:  # nothing to resume there
+                shutil.rmtree(self._tmp_dir, ignore_errors=True)
+                self._tmp_dir = None
 
     def compute_metrics(self, results: list) -> dict:
         """Unused: :meth:`evaluate` scores the written folder."""
