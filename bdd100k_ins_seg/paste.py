@@ -18,7 +18,6 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 #: Boxes narrower than this (or not finite) are pasted by mmdet's own
 #: function in its CPU window; their extent decides nothing else.
