@@ -40,6 +40,10 @@ def parse_args(argv=None):
         help='override config settings, e.g. train_cfg.max_epochs=1 '
         'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
     parser.add_argument(
+        '--non-strict', action='store_true',
+        help='let load_from load a checkpoint whose keys/shapes do not all '
+        'match the model (default: refuse it)')
+    parser.add_argument(
         '--unsafe-load', action='store_true',
         help='load checkpoints (--resume, load_from) that hold types outside '
         'the safe allowlist (full pickle: trusted files only)')
@@ -142,6 +146,12 @@ def main(argv=None):
         fail(f'config {args.config}', e if isinstance(
             e, (FileNotFoundError, ValueError)) else
             f'{type(e).__name__}: {reason(e)}')
+
+    if cfg.get('load_from') and not cfg.get('resume'):
+        from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+        # before the runner: unreadable or foreign weights stop here
+        check_checkpoint_or_fail(cfg, cfg.load_from,
+                                 strict=not args.non_strict)
 
     import torch
     from mmengine.registry import RUNNERS
