@@ -98,15 +98,17 @@ def build_config(args):
                              'base_batch_size, cannot use --auto-scale-lr')
         cfg.auto_scale_lr.enable = True
 
-    if args.resume == 'auto':
+    from bdd100k_ins_seg import training
+    if args.resume is not None:
+        # A complete checkpoint, or a one-line error (never a silent start
+        # from iteration 0, never a truncated file).
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(
-                f'checkpoint to resume from not found: {args.resume}')
-        cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = (training.find_resume_checkpoint(cfg.work_dir)
+                         if args.resume == 'auto' else
+                         training.check_checkpoint_file(args.resume)
+                         or args.resume)
+    # Atomic checkpoints, stop on signals / non-finite loss, exact resume.
+    training.configure(cfg)
 
     if not cuda:
         # NCCL needs GPUs; DDP of a CPU model takes no device ids.
@@ -130,15 +132,28 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from bdd100k_ins_seg import training
     try:
         cfg = build_config(args)
+    except training.ResumeError as e:
+        sys.exit(f'train.py: error: {e}')
     except Exception as e:  # noqa: BLE001 - any config error: one line
         sys.exit(f'error: {args.config}: {type(e).__name__}: {e}')
+    with training.stop_on_signals():
+        try:
+            _run(args, cfg)
+        except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint
+            print('train.py: interrupted; --resume continues from the last '
+                  'complete checkpoint', file=sys.stderr)
+            sys.exit(130)
 
+
+def _run(args, cfg):
     import torch
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from bdd100k_ins_seg import training
     from bdd100k_ins_seg.launch import init_cpu_distributed
 
     if args.launcher != 'none' and not torch.cuda.is_available():
@@ -153,6 +168,11 @@ def main(argv=None):
                  f'{type(e).__name__}: {e}')
     try:
         runner.train()
+    except training.TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved
+        print(f'train.py: {e}', file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (training.NonFiniteLossError, training.CheckpointWriteError) as e:
+        sys.exit(f'train.py: error: {e}')
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.
         sys.exit(f'error: {e}')
