@@ -569,6 +569,16 @@ class ResumableBatchSampler:
     def __len__(self):
         return len(self.batch_sampler)
 
+    def restart(self):
+        """Forget the state of a pass left unfinished: mmengine's
+        InfiniteSampler is a single generator made at construction, mmdet's
+        AspectRatioBatchSampler keeps its half-filled buckets in itself."""
+        if isinstance(self.sampler, InfiniteSampler):
+            self.sampler.indices = self.sampler._indices_of_rank()
+        buckets = getattr(self.batch_sampler, '_aspect_ratio_buckets', None)
+        if isinstance(buckets, list):
+            self.batch_sampler._aspect_ratio_buckets = [[] for _ in buckets]
+
     def __iter__(self):
         skip, self.skip = self.skip, 0
         epoch = getattr(self.sampler, 'epoch', 0)
@@ -603,8 +613,12 @@ def _shared_exit_flag():
     return _WORKERS_MAY_EXIT
 
 
+_PARENT = {}
+
+
 def _worker_sigterm(signum, frame):
-    if _WORKERS_MAY_EXIT is not None and _WORKERS_MAY_EXIT.value:
+    if ((_WORKERS_MAY_EXIT is not None and _WORKERS_MAY_EXIT.value)
+            or os.getppid() != _PARENT.get('pid')):
         os._exit(0)  # a clean exit: not reported as a worker failure
 
 
@@ -613,6 +627,7 @@ def _ignore_signals_worker_init(worker_id, base=None):
     runs: Ctrl-C reaches the whole process group and schedulers signal
     every process of a job, but only the main process decides when to stop
     (a dead worker would abort the iteration being finished)."""
+    _PARENT['pid'] = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
     if base is not None:
@@ -639,6 +654,14 @@ def _resumable_dataloader(dataloader, runner):
         cfg['worker_init_fn'] = dict(type=_ignore_signals_worker_init,
                                      base=base)
     return cfg
+
+
+def _shutdown_workers(iterator):
+    """Stop the workers of an ``_InfiniteDataloaderIterator``."""
+    shutdown = getattr(getattr(iterator, '_iterator', None),
+                       '_shutdown_workers', None)
+    if shutdown is not None:
+        shutdown()
 
 
 class _ResumableLoopMixin:
@@ -684,6 +707,11 @@ class ResumableIterBasedTrainLoop(_ResumableLoopMixin, IterBasedTrainLoop):
             epoch, skip = divmod(self._iter, len(self.dataloader))
             if hasattr(sampler, 'set_epoch'):
                 sampler.set_epoch(epoch)
+        # The iterator made at construction has started a pass (and its
+        # workers): end it before the sampler restarts at the new position.
+        _shutdown_workers(self.dataloader_iterator)
+        self.dataloader_iterator = None
+        batch_sampler.restart()
         batch_sampler.skip = skip
         self.dataloader_iterator = _InfiniteDataloaderIterator(
             self.dataloader)
@@ -713,10 +741,7 @@ class ResumableIterBasedTrainLoop(_ResumableLoopMixin, IterBasedTrainLoop):
                     self.runner.val_loop.run()
         finally:
             # The sampler never ends: stop the workers now (not at exit).
-            shutdown = getattr(getattr(self.dataloader_iterator, '_iterator',
-                                       None), '_shutdown_workers', None)
-            if shutdown is not None:
-                shutdown()
+            _shutdown_workers(self.dataloader_iterator)
         self.runner.call_hook('after_train_epoch')
         self.runner.call_hook('after_train')
         return self.runner.model
