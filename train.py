@@ -171,8 +171,11 @@ def _run(args, cfg):
     except training.TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved
         print(f'train.py: {e}', file=sys.stderr)
         sys.exit(e.exit_code)
-    except (training.NonFiniteLossError, training.CheckpointWriteError) as e:
+    except training.NonFiniteLossError as e:
         sys.exit(f'train.py: error: {e}')
+    except training.CheckpointWriteError as e:
+        sys.exit(f'train.py: error: {e}; the previous checkpoint is intact '
+                 '(--resume continues from it)')
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.
         sys.exit(f'error: {e}')

@@ -29,6 +29,7 @@ What :func:`configure` (called by ``train.py``) adds to mmengine's Runner:
 """
 import contextlib
 import copy
+import errno
 import logging
 import math
 import os
@@ -65,6 +66,9 @@ _FILE_MODE = 0o666 & ~_umask()
 
 class CheckpointWriteError(OSError):
     """A checkpoint (or ``last_checkpoint``) could not be written."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
 
 
 @contextlib.contextmanager
@@ -114,11 +118,17 @@ def _atomic_write_or_error(path, mode, encoding=None):
     try:
         with atomic_open(path, mode, encoding=encoding) as f:
             yield f
-    except OSError as e:
-        if isinstance(e, CheckpointWriteError):
-            raise
+    except CheckpointWriteError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.save wraps OSErrors
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        why = (cause.strerror or str(cause)) if cause is not None else \
+            _first_line(e)
         raise CheckpointWriteError(
-            e.errno, f'cannot write {path}: {e.strerror or e}') from None
+            getattr(cause, 'errno', None) or errno.EIO,
+            f'cannot write {path}: {why}') from None
 
 
 _ORIGINAL_SAVE = {}
