@@ -19,8 +19,6 @@ import sys
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
     parser = argparse.ArgumentParser(
         description='Train a BDD100K instance-segmentation model')
     parser.add_argument('config', help='config file')
@@ -39,9 +37,13 @@ def parse_args(argv=None):
         help='scale the lr linearly with the total batch size '
         '(relative to the config\'s auto_scale_lr.base_batch_size)')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        '--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
         help='override config settings, e.g. train_cfg.max_epochs=1 '
         'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
+    parser.add_argument(
+        '--non-strict', action='store_true',
+        help='let load_from load a checkpoint whose keys/shapes do not all '
+        'match the model (default: refuse it)')
     parser.add_argument(
         '--unsafe-load', action='store_true',
         help='load checkpoints (--resume, load_from) that hold types outside '
@@ -52,6 +54,12 @@ def parse_args(argv=None):
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.cfg_options:  # mmengine's reading, imported after --help
+        from bdd100k_ins_seg.cli import config_options
+        try:
+            args.cfg_options = config_options(args.cfg_options)
+        except ValueError as e:
+            parser.error(f'--cfg-options: {e}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.unsafe_load:
@@ -132,13 +140,25 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from bdd100k_ins_seg.cli import fail, reason
+    if not osp.isfile(args.config):
+        fail(f'config {args.config}', 'not found')
     from bdd100k_ins_seg import training
     try:
         cfg = build_config(args)
     except training.ResumeError as e:
-        sys.exit(f'train.py: error: {e}')
+        fail(e.path, e.why)
     except Exception as e:  # noqa: BLE001 - any config error: one line
-        sys.exit(f'error: {args.config}: {type(e).__name__}: {e}')
+        fail(f'config {args.config}', e if isinstance(
+            e, (FileNotFoundError, ValueError)) else
+            f'{type(e).__name__}: {reason(e)}')
+
+    if cfg.get('load_from') and not cfg.get('resume'):
+        from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+        # before the runner: unreadable or foreign weights stop here
+        check_checkpoint_or_fail(cfg, cfg.load_from,
+                                 strict=not args.non_strict)
+
     with training.stop_on_signals():
         try:
             _run(args, cfg)
@@ -154,6 +174,7 @@ def _run(args, cfg):
     from mmengine.runner import Runner
 
     from bdd100k_ins_seg import training
+    from bdd100k_ins_seg.cli import fail, reason
     from bdd100k_ins_seg.launch import init_cpu_distributed
 
     if args.launcher != 'none' and not torch.cuda.is_available():
@@ -164,21 +185,21 @@ def _run(args, cfg):
         else:
             runner = Runner.from_cfg(cfg)
     except (KeyError, TypeError, ValueError, ImportError) as e:
-        sys.exit(f'error: {args.config}: cannot build the runner: '
-                 f'{type(e).__name__}: {e}')
+        fail(f'config {args.config}', f'cannot build the runner: '
+             f'{type(e).__name__}: {reason(e)}')
     try:
         runner.train()
     except training.TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved
         print(f'train.py: {e}', file=sys.stderr)
         sys.exit(e.exit_code)
     except training.NonFiniteLossError as e:
-        sys.exit(f'train.py: error: {e}')
+        fail(e.what, e.why)
     except training.CheckpointWriteError as e:
-        sys.exit(f'train.py: error: {e}; the previous checkpoint is intact '
-                 '(--resume continues from it)')
+        fail(e.filename, f'cannot write it: {e.strerror}; the previous '
+             'checkpoint is intact (--resume continues from it)')
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.
-        sys.exit(f'error: {e}')
+        fail('cannot train', e)
 
 
 if __name__ == '__main__':

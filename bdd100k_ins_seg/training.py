@@ -68,7 +68,7 @@ class CheckpointWriteError(OSError):
     """A checkpoint (or ``last_checkpoint``) could not be written."""
 
     def __str__(self):
-        return self.strerror or super().__str__()
+        return f'cannot write {self.filename}: {self.strerror}'
 
 
 @contextlib.contextmanager
@@ -127,8 +127,8 @@ def _atomic_write_or_error(path, mode, encoding=None):
         why = (cause.strerror or str(cause)) if cause is not None else \
             _first_line(e)
         raise CheckpointWriteError(
-            getattr(cause, 'errno', None) or errno.EIO,
-            f'cannot write {path}: {why}') from None
+            getattr(cause, 'errno', None) or errno.EIO, why,
+            os.fspath(path)) from None
 
 
 _ORIGINAL_SAVE = {}
@@ -227,7 +227,12 @@ def install_atomic_checkpoints():
 
 
 class ResumeError(ValueError):
-    """No usable checkpoint to resume from (message: '<file>: <why>')."""
+    """No usable checkpoint to resume from: ``path`` and ``why``."""
+
+    def __init__(self, path, why):
+        self.path = str(path)
+        self.why = why
+        super().__init__(f'{path}: {why}')
 
 
 def check_checkpoint_file(path):
@@ -239,9 +244,9 @@ def check_checkpoint_file(path):
     :func:`bdd100k_ins_seg.checkpoint.safe_load`.
     """
     if not osp.isfile(path):
-        raise ResumeError(f'{path}: no such checkpoint file')
+        raise ResumeError(path, 'no such checkpoint file')
     if osp.getsize(path) == 0:
-        raise ResumeError(f'{path}: empty file (an interrupted write?)')
+        raise ResumeError(path, 'empty file (an interrupted write?)')
     with open(path, 'rb') as f:
         magic = f.read(4)
     if magic != b'PK\x03\x04':  # not a zip: the legacy torch format
@@ -249,23 +254,23 @@ def check_checkpoint_file(path):
         try:
             safe_load(path)
         except Exception as e:  # noqa: BLE001 - any failure: one line
-            raise ResumeError(f'{path}: {_first_line(e)}') from None
+            raise ResumeError(path, _first_line(e)) from None
         return
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if not any(n.endswith('/data.pkl') or n == 'data.pkl'
                        for n in names):
-                raise ResumeError(f'{path}: a zip file but not a torch '
+                raise ResumeError(path, 'a zip file but not a torch '
                                   'checkpoint (no data.pkl)')
             bad = zf.testzip()
     except ResumeError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated/corrupt archive
-        raise ResumeError(f'{path}: truncated or corrupt checkpoint '
+        raise ResumeError(path, 'truncated or corrupt checkpoint '
                           f'({_first_line(e)})') from None
     if bad is not None:
-        raise ResumeError(f'{path}: corrupt checkpoint (bad CRC in {bad})')
+        raise ResumeError(path, f'corrupt checkpoint (bad CRC in {bad})')
 
 
 def find_resume_checkpoint(work_dir):
@@ -277,12 +282,12 @@ def find_resume_checkpoint(work_dir):
                        if n.endswith('.pth')) if osp.isdir(work_dir) else []
         hint = (f' (it has {", ".join(found[:3])}{"..." if len(found) > 3 else ""}'
                 ': pass one as --resume CKPT)') if found else ''
-        raise ResumeError(f'{work_dir}: nothing to resume from, no '
+        raise ResumeError(work_dir, 'nothing to resume from, no '
                           f'last_checkpoint in the work folder{hint}')
     with open(marker) as f:
         path = f.read().strip()
     if not path:
-        raise ResumeError(f'{marker}: empty')
+        raise ResumeError(marker, 'empty')
     if not osp.isabs(path) and not osp.isfile(path):
         path = osp.join(work_dir, osp.basename(path))
     check_checkpoint_file(path)
@@ -314,7 +319,13 @@ class TrainingStopped(Exception):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A training iteration produced a non-finite loss."""
+    """A training iteration produced a non-finite loss (``what``: the
+    iteration, ``why``: the terms and what happens)."""
+
+    def __init__(self, what, why):
+        self.what = what
+        self.why = why
+        super().__init__(f'{what}: {why}')
 
 
 _STOP = {'signum': None}
@@ -439,7 +450,7 @@ class FaultTolerantTrainHook(Hook):
             kept = (f'the last checkpoint {last} is kept' if last else
                     'no checkpoint was saved before it')
             raise NonFiniteLossError(
-                f'non-finite loss at iteration {iteration}: '
+                f'non-finite loss at iteration {iteration}',
                 f'{", ".join(bad)}; training stopped, {kept}')
         if flags[0]:
             signum = int(stop_requested() or 0)

@@ -281,16 +281,19 @@ def test_atomic_write_failing_midway_leaves_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ['epoch_1.pth']
 
 
-def _main_error(argv):
+def _main_error(argv, capsys):
+    """train.py's last stderr line, run in this process (exit status 1)."""
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         _load_train_script().main([str(a) for a in argv])
-    message = e.value.code
-    assert isinstance(message, str) and '\n' not in message, message
-    return message
+    err = capsys.readouterr().err
+    assert e.value.code == 1, err
+    assert 'Traceback' not in err
+    return err.strip().splitlines()[-1]
 
 
 def test_truncated_checkpoint_is_refused(fault_config, tmp_path,
-                                         monkeypatch):
+                                         monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(fault_config.parent))
     good = tmp_path / 'good.pth'
     torch.save({'state_dict': {'w': torch.zeros(10000)}, 'meta': {}}, good)
@@ -298,24 +301,25 @@ def test_truncated_checkpoint_is_refused(fault_config, tmp_path,
     bad = tmp_path / 'iter_5.pth'
     bad.write_bytes(data[:len(data) // 2])
     message = _main_error([fault_config, '--work-dir', tmp_path / 'w',
-                           '--resume', bad])
+                           '--resume', bad], capsys)
     assert message.startswith(f'train.py: error: {bad}: truncated')
 
     # Found through last_checkpoint: refused the same way.
     work_dir = tmp_path / 'auto'
     work_dir.mkdir()
     (work_dir / 'last_checkpoint').write_text(str(bad))
-    message = _main_error([fault_config, '--work-dir', work_dir, '--resume'])
+    message = _main_error([fault_config, '--work-dir', work_dir, '--resume'],
+                          capsys)
     assert message.startswith(f'train.py: error: {bad}: truncated')
     assert sorted(p.name for p in work_dir.iterdir()) == ['last_checkpoint']
 
 
 def test_resume_with_nothing_to_resume_is_an_error(fault_config, tmp_path,
-                                                   monkeypatch):
+                                                   monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(fault_config.parent))
     work_dir = tmp_path / 'empty'
     message = _main_error([fault_config, '--work-dir', work_dir, '--resume',
-                           '--cfg-options', 'train_cfg.max_iters=1'])
+                           '--cfg-options', 'train_cfg.max_iters=1'], capsys)
     assert message == (f'train.py: error: {work_dir}: nothing to resume '
                        'from, no last_checkpoint in the work folder')
     assert not work_dir.exists() or not any(work_dir.iterdir())
