@@ -636,6 +636,7 @@ def _download_checked(url, dest, check, progress=True, lock=None):
                                suffix='.part')
     out = os.fdopen(fd, 'wb')  # owns fd from here on, closed in any case
     digest = hashlib.md5()
+    received = 0
     try:
         with out, _open_url(url) as response:
             total = int(response.headers.get('Content-Length') or 0) or None
@@ -646,8 +647,13 @@ def _download_checked(url, dest, check, progress=True, lock=None):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+                    received += len(chunk)
                     if lock is not None:
                         lock.beat()
+        if total is not None and received != total:
+            # http.client ends a body cut short without an error.
+            raise ZooError(f'cannot download {url}: the connection closed '
+                           f'after {received} of {total} bytes')
         try:
             check(tmp, digest.hexdigest())
         except ChecksumError as e:
