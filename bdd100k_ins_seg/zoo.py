@@ -181,6 +181,10 @@ def _parse_entry(model, metafile):
     return entry
 
 
+_CATALOGUES = {}  # (path, mtime, size) -> catalogue
+_YAML_LOADER = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
+
+
 def load_catalogue(metafile=None):
     """Read the catalogue.
 
@@ -193,8 +197,12 @@ def load_catalogue(metafile=None):
     """
     metafile = Path(metafile or METAFILE)
     try:
+        stat = metafile.stat()
+        key = (str(metafile), stat.st_mtime_ns, stat.st_size)
+        if key in _CATALOGUES:  # parsed once per version of the file
+            return dict(_CATALOGUES[key])
         with open(metafile, encoding='utf-8') as f:
-            index = yaml.safe_load(f)
+            index = yaml.load(f, Loader=_YAML_LOADER)
     except OSError as e:
         raise ZooError(f'cannot read the model catalogue {metafile}: '
                        f'{e.strerror}') from None
@@ -205,7 +213,8 @@ def load_catalogue(metafile=None):
             raise ZooError(f'{metafile}: model {entry.name!r} is listed '
                            'twice')
         catalogue[entry.name] = entry
-    return catalogue
+    _CATALOGUES[key] = catalogue
+    return dict(catalogue)
 
 
 def collections(metafile=None):

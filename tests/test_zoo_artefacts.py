@@ -193,24 +193,20 @@ def test_cli_downloads_all_kinds_and_verify_covers_them(host, tmp_path,
     assert 'not downloaded' in capsys.readouterr().out
 
 
-def test_cli_bad_download_is_one_line(host, tmp_path):
+def test_cli_bad_download_is_one_line(host, tmp_path, capsys):
     srv, published = host
     (tmp_path / 'srv' / 'scores-val' / f'{NAME}.json').write_text('oops')
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, str(REPO / 'tools' / 'model_zoo.py'), 'download',
-         NAME, '--what', 'scores-val,weights', '--quiet'],
-        capture_output=True, text=True, env=env)
-    assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [
+    tool = load_tool()
+    assert tool.main(['download', NAME, '--what', 'scores-val,weights',
+                      '--quiet']) == 2
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err.splitlines() == [
         f'error: {srv.url}/scores-val/{NAME}.json: not valid json '
         '(Expecting value: line 1 column 1 (char 0)); the download was '
         'deleted (corrupt file or wrong mirror)']
-    proc = subprocess.run(
-        [sys.executable, str(REPO / 'tools' / 'model_zoo.py'), 'download',
-         NAME, '--what', 'weights,scores'], capture_output=True, text=True,
-        env=env)
-    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+    assert load_tool().main(['download', NAME, '--what', 'weights,scores'
+                             ]) == 2
+    assert capsys.readouterr().err.splitlines() == [
         "error: unknown file kind 'scores': one of weights, scores-val, "
         'scores-test, preds, visuals or all']
     assert leftovers(tmp_path / 'cache') == []
