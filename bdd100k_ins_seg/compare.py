@@ -66,7 +66,8 @@ def parse_result(data, source='result'):
     if missing:
         raise ResultFormatError(
             f'{source}: not an official evaluator result: no '
-            f'{", ".join(missing)} (has {", ".join(map(str, data)) or "none"})')
+            f'{", ".join(missing)} '
+            f'(has {", ".join(map(str, data)) or "none"})')
     result = {}
     for metric, value in data.items():
         if not (isinstance(value, list) and len(value) == 2

@@ -375,7 +375,7 @@ def _remove(path):
         pass
 
 
-# --- one download at a time per file ----------------------------------------
+# --- one download at a time per file ---------------------------------------
 
 def _process_alive(pid):
     """Whether process ``pid`` of this host runs (a zombie does not)."""
@@ -460,7 +460,11 @@ class DownloadLock:
               f'({reason})', file=sys.stderr, flush=True)
 
     def acquire(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, read-only, ...
+            raise ZooError(f'cannot create the cache folder '
+                           f'{self.path.parent}: {e.strerror or e}') from None
         announced = False
         while True:
             try:
@@ -483,6 +487,9 @@ class DownloadLock:
                     announced = True
                 time.sleep(self.poll)
                 continue
+            except OSError as e:  # read-only cache, no space, ...
+                raise ZooError(f'cannot create the download lock '
+                               f'{self.path}: {e.strerror or e}') from None
             token = (f'{os.getpid()} {socket.gethostname()} '
                      f'{time.time():.6f}\n')
             with os.fdopen(fd, 'w') as f:
@@ -529,7 +536,7 @@ def _remove_leftovers(dest):
             _remove(path)
 
 
-# --- checks of the files without MD5 ------------------------------------------
+# --- checks of the files without MD5 -----------------------------------------
 
 def prediction_sets(paths):
     """The prediction folders among the relative paths of a zip or folder.

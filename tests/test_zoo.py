@@ -115,7 +115,8 @@ SHARED_TABLE = next((folder / _REFERENCE for folder in REPO.parents
                     REPO.parent / _REFERENCE)
 ROWS_COPY = REPO / 'tests' / 'data' / 'original_zoo_rows.md'
 _ROW_CONFIG = re.compile(r'\(\./configs/ins_seg/(\w+)\.py\)')
-_LINK = re.compile(r'\[(scores|model|MD5|preds|visuals)\]\((https?://[^)\s]+)\)')
+_LINK = re.compile(
+    r'\[(scores|model|MD5|preds|visuals)\]\((https?://[^)\s]+)\)')
 # Link texts of a row in table order -> artefact kinds (the first "scores"
 # is val, the second test).
 _ROW_KINDS = ('scores-val', 'scores-test', 'weights', 'md5', 'preds',

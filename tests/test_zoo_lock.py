@@ -139,3 +139,28 @@ def test_a_lock_is_released_on_errors(host, tmp_path):
     with pytest.raises(zoo.ZooError, match='closed after'):
         zoo.fetch(NAME, 'scores-test', progress=False)
     assert leftovers(tmp_path / 'cache') == []
+
+
+def test_unwritable_cache_is_a_one_line_error(host, tmp_path, monkeypatch):
+    srv, _ = host
+    blocker = tmp_path / 'not_a_folder'
+    blocker.write_text('a file where the cache folder should be')
+    monkeypatch.setenv(zoo.CACHE_ENV, str(blocker))
+    with pytest.raises(zoo.ZooError, match='cannot create the cache '
+                       f'folder {blocker}/scores-val: Not a directory'):
+        zoo.fetch(NAME, 'scores-val', progress=False)
+    (tmp_path / 'ro').mkdir()
+    (tmp_path / 'ro').chmod(0o500)
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / 'ro'))
+    try:
+        if os.access(tmp_path / 'ro', os.W_OK):  # root ignores the mode
+            (tmp_path / 'ro').chmod(0o700)
+            (tmp_path / 'ro' / 'scores-val').write_text('a file')
+            expected = 'cannot create the cache folder'
+        else:
+            expected = 'cannot create the download lock'
+        with pytest.raises(zoo.ZooError, match=expected):
+            zoo.fetch(NAME, 'scores-val', progress=False)
+    finally:
+        (tmp_path / 'ro').chmod(0o700)
+    assert srv.requests == []
