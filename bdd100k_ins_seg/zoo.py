@@ -688,9 +688,10 @@ def _download_checked(url, dest, check, progress=True, lock=None):
     return dest
 
 
-def extract_predictions(zip_path, out_dir):
+def extract_predictions(zip_path, out_dir, lock=None):
     """Extract a predictions zip into ``out_dir`` (complete or absent:
-    through a temporary folder renamed at the end)."""
+    through a temporary folder renamed at the end). ``lock``: the
+    :class:`DownloadLock` held, told of the progress."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=out_dir.parent, prefix='.' + out_dir.name,
@@ -698,7 +699,10 @@ def extract_predictions(zip_path, out_dir):
     try:
         _zip_names(zip_path)  # refuses members outside the folder
         with zipfile.ZipFile(zip_path) as archive:
-            archive.extractall(tmp)
+            for member in archive.infolist():
+                archive.extract(member, tmp)
+                if lock is not None:
+                    lock.beat()
         os.rename(tmp, out_dir)
     except zipfile.BadZipFile as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -783,7 +787,7 @@ def fetch(name, kind='weights', progress=True):
                               lock=lock)
         if extracted is not None and not extracted.is_dir():
             _remove_leftovers(extracted)
-            extract_predictions(dest, extracted)
+            extract_predictions(dest, extracted, lock=lock)
         if kind == 'weights':
             _remember_md5(entry, md5)
     return dest

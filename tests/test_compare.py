@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 import pytest
 
@@ -242,14 +243,29 @@ def test_test_script_compares_after_scoring(host, results, setup, tmp_path):
         assert cells[:2] == [cell(ours[name]), cell(published[name])]
 
 
-def test_test_script_refuses_a_non_zoo_config_up_front(host, setup,
-                                                       tmp_path):
-    root, data, config, checkpoint = setup
-    proc = run([config, checkpoint, '--eval', '--compare-published',
-                '--work-dir', 'wd'], cwd=tmp_path)
-    assert proc.returncode == 1
-    assert proc.stderr.splitlines() == [
+def test_test_script_refuses_a_non_zoo_config_up_front(
+        host, tmp_path, monkeypatch):
+    """Refused before the model is built (test.py's main, in-process)."""
+    config = str(REPO / 'configs' / 'sample' / 'mask_rcnn_r18_fpn_sample.py')
+    checkpoint = tmp_path / 'any.pth'
+    checkpoint.write_bytes(b'never read')
+    spec = importlib.util.spec_from_file_location('test_script',
+                                                  REPO / 'test.py')
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, 'argv', [
+        'test.py', config, str(checkpoint), '--eval', '--compare-published',
+        '--work-dir', str(tmp_path / 'wd')])
+    with pytest.raises(SystemExit) as error:
+        script.main()
+    assert str(error.value) == (
         f'test.py: error: --compare-published: {config} is not a zoo model '
         f'({zoo.METAFILE_NAME}), so there are no published scores to '
-        'compare with']
-    assert not (tmp_path / 'wd').exists()  # nothing ran
+        'compare with')
+    assert not (tmp_path / 'wd').exists()
+    monkeypatch.setattr(sys, 'argv', [
+        'test.py', config, '--format-only', '--format-dir', 'o',
+        '--compare-published'])
+    with pytest.raises(SystemExit) as error:
+        script.main()
+    assert error.value.code == 2  # argparse: needs --eval

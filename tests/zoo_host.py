@@ -67,7 +67,8 @@ class Host:
         self.httpd = http.server.ThreadingHTTPServer(
             ('127.0.0.1', 0), functools.partial(Handler, directory=root))
         self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                         daemon=True).start()
 
     def close(self):
         if self.gate is not None:
