@@ -213,8 +213,8 @@ def test_bad_result_file_is_a_one_line_error(host, tmp_path, capsys):
     bad.write_text('{"AP": [{"car": 1}, {"OVERALL": 1}]}')
     assert tool.main(['compare', NAME, str(bad), '--quiet']) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f'error: {bad}: not an official evaluator result: no AP50, AP75, '
-        'AR100 (has AP)']
+        f'model_zoo.py: error: {bad}: not an official evaluator result: no '
+        'AP50, AP75, AR100 (has AP)']
     assert tool.main(['compare', NAME, str(tmp_path / 'none.json'),
                       '--quiet']) == 2
     assert 'cannot read it' in capsys.readouterr().err

@@ -201,14 +201,14 @@ def test_cli_bad_download_is_one_line(host, tmp_path, capsys):
                       '--quiet']) == 2
     captured = capsys.readouterr()
     assert captured.out == '' and captured.err.splitlines() == [
-        f'error: {srv.url}/scores-val/{NAME}.json: not valid json '
-        '(Expecting value: line 1 column 1 (char 0)); the download was '
+        f'model_zoo.py: error: {srv.url}/scores-val/{NAME}.json: not valid '
+        'json (Expecting value: line 1 column 1 (char 0)); the download was '
         'deleted (corrupt file or wrong mirror)']
     assert load_tool().main(['download', NAME, '--what', 'weights,scores'
                              ]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: unknown file kind 'scores': one of weights, scores-val, "
-        'scores-test, preds, visuals or all']
+        "model_zoo.py: error: unknown file kind 'scores': one of weights, "
+        'scores-val, scores-test, preds, visuals or all']
     assert leftovers(tmp_path / 'cache') == []
     assert not cached(tmp_path, 'weights').exists()
 

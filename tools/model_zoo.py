@@ -47,8 +47,8 @@ def cmd_list(args):
                 row += f'  (metafile says {entry.parameters:,})'
         print(row, flush=True)
     if mismatches:
-        print(f'error: parameter counts differ from the metafile for '
-              f'{", ".join(mismatches)}', file=sys.stderr)
+        print(f'model_zoo.py: error: parameter counts differ from the '
+              f'metafile for {", ".join(mismatches)}', file=sys.stderr)
         return 1
     return 0
 
@@ -113,8 +113,8 @@ def cmd_readme(args):
     updated = zoo.replace_table(text, zoo.render_tables())
     if args.check:
         if updated != text:
-            print(f'error: the model table in {readme.name} differs from '
-                  f'{zoo.METAFILE_NAME}; run '
+            print(f'model_zoo.py: error: the model table in {readme.name} '
+                  f'differs from {zoo.METAFILE_NAME}; run '
                   '`python tools/model_zoo.py readme`', file=sys.stderr)
             return 1
         print(f'{readme.name} model table matches the metafile')
@@ -177,7 +177,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except zoo.ZooError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'model_zoo.py: error: {e}', file=sys.stderr)
         return 2
 
 
