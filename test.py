@@ -14,9 +14,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
-
-from mmengine.config import DictAction
 
 
 def parse_args():
@@ -44,11 +41,13 @@ def parse_args():
                         help='run on every image of this folder (no labels; '
                         'implies --format-only)')
     parser.add_argument('--show-dir',
-                        help='save drawn predictions under work_dir/'
-                        '<timestamp>/SHOW_DIR')
-    parser.add_argument('--work-dir', help='logs folder (default: '
-                        './work_dirs/<config stem>)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='save mmdet\'s drawings of the predictions in '
+                        'this folder')
+    parser.add_argument('--work-dir',
+                        help='keep the logs and the config copy in WORK_DIR/'
+                        '<timestamp>/ (default: none kept, the log is on the '
+                        'console; never touches a training\'s files)')
+    parser.add_argument('--cfg-options', nargs='+', action='extend',
                         metavar='KEY=VALUE',
                         help='override config settings, e.g. '
                         'test_dataloader.batch_size=2')
@@ -61,6 +60,12 @@ def parse_args():
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
+    if args.cfg_options:  # mmengine's reading, imported after --help
+        from bdd100k_ins_seg.cli import config_options
+        try:
+            args.cfg_options = config_options(args.cfg_options)
+        except ValueError as e:
+            parser.error(f'--cfg-options: {e}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.unsafe_load:
@@ -85,33 +90,30 @@ def parse_args():
     return args
 
 
-def fail(message: str) -> None:
-    sys.exit(f'test.py: error: {message}')
-
-
 def main():
     args = parse_args()
+    from bdd100k_ins_seg.cli import fail
     if not osp.isfile(args.config):
-        fail(f'config not found: {args.config}')
+        fail(f'config {args.config}', 'not found')
     if args.img_dir and not osp.isdir(args.img_dir):
-        fail(f'image folder not found: {args.img_dir}')
+        fail(f'image folder {args.img_dir}', 'not found')
     if (args.checkpoint and '://' not in args.checkpoint
             and not osp.isfile(args.checkpoint)):
-        fail(f'checkpoint not found: {args.checkpoint}')
+        fail(f'checkpoint {args.checkpoint}', 'not found')
 
     if args.compare_published:  # published scores fetched before inference
         from bdd100k_ins_seg import compare
         try:
             zoo_name = compare.published_for_config(args.config)
         except Exception as e:  # not a zoo model, download failure
-            fail(f'--compare-published: {e}')
+            fail('--compare-published', e)
 
     import torch
     from mmengine.config import Config
-    from mmengine.runner import Runner
 
     from bdd100k_ins_seg.config_lookup import install_base_config_lookup
     from bdd100k_ins_seg.launch import init_cpu_distributed
+    from bdd100k_ins_seg.runners import TestRunner, test_work_dir
 
     try:
         # Before parsing: mmdet:: bases resolve without reading mmdet's
@@ -119,8 +121,8 @@ def main():
         install_base_config_lookup()
         cfg = Config.fromfile(args.config)
     except Exception as e:  # syntax errors, missing bases, bad imports
-        fail(f'cannot load config {args.config}: '
-             f'{type(e).__name__}: {e}'.replace('\n', ' '))
+        fail(f'config {args.config}', f'cannot be loaded: {type(e).__name__}'
+             f': {e}')
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
 
@@ -130,15 +132,11 @@ def main():
         try:
             checkpoint = checkpoint_for_config(args.config)
         except Exception as e:  # unknown config, download/md5 failure
-            fail(f'no published weights for {args.config}: {e}')
+            fail(f'config {args.config}', f'no published weights: {e}')
     if '://' not in checkpoint and not osp.isfile(checkpoint):
-        fail(f'checkpoint not found: {checkpoint}')
+        fail(f'checkpoint {checkpoint}', 'not found')
 
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg.work_dir = test_work_dir(args.work_dir)
     # Only the test loop runs: leave out the training/validation parts
     # (mmengine wants each trio complete or absent).
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
@@ -173,9 +171,9 @@ def main():
     if args.gt_dir:
         evaluator['gt_dir'] = args.gt_dir
     if args.eval and not evaluator.get('gt_dir'):
-        fail('--eval needs GT bitmasks: set --gt-dir')
+        fail('--eval', 'needs GT bitmasks: set --gt-dir')
     if args.eval and not osp.isdir(evaluator['gt_dir']):
-        fail(f'GT bitmask folder not found: {evaluator["gt_dir"]}')
+        fail(f'GT bitmask folder {evaluator["gt_dir"]}', 'not found')
     if args.format_only:
         evaluator['gt_dir'] = None
     cfg.test_evaluator = evaluator
@@ -183,7 +181,8 @@ def main():
     if args.show_dir:
         hooks = cfg.default_hooks
         hooks.visualization = dict(
-            type='DetVisualizationHook', draw=True, test_out_dir=args.show_dir)
+            type='DetVisualizationHook', draw=True,
+            test_out_dir=osp.abspath(args.show_dir))
 
     cfg.launcher = args.launcher
     if not torch.cuda.is_available():
@@ -193,16 +192,15 @@ def main():
             init_cpu_distributed(args.launcher)
             cfg.launcher = 'none'  # group is up; no DDP wrapper on CPU
 
-    runner = Runner.from_cfg(cfg)
+    runner = TestRunner.from_cfg(cfg)
     try:
         runner.load_checkpoint(checkpoint, map_location='cpu')
     except Exception as e:  # truncated, not a checkpoint, unsafe pickle
-        fail(f'cannot load checkpoint {checkpoint}: '
-             f'{type(e).__name__}: {e}'.replace('\n', ' '))
+        fail('cannot load checkpoint', e)
     try:
         metrics = runner.test()
     except (FileNotFoundError, ValueError) as e:  # data / GT problems
-        fail(str(e).replace('\n', ' '))
+        fail('cannot run the test', e)
 
     official = runner.test_evaluator.metrics[0].last_result
     if args.out_file and runner.rank == 0 and official is not None:

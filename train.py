@@ -15,12 +15,9 @@ import argparse
 import importlib.util
 import os
 import os.path as osp
-import sys
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
     parser = argparse.ArgumentParser(
         description='Train a BDD100K instance-segmentation model')
     parser.add_argument('config', help='config file')
@@ -39,7 +36,7 @@ def parse_args(argv=None):
         help='scale the lr linearly with the total batch size '
         '(relative to the config\'s auto_scale_lr.base_batch_size)')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        '--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
         help='override config settings, e.g. train_cfg.max_epochs=1 '
         'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
     parser.add_argument(
@@ -52,6 +49,12 @@ def parse_args(argv=None):
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.cfg_options:  # mmengine's reading, imported after --help
+        from bdd100k_ins_seg.cli import config_options
+        try:
+            args.cfg_options = config_options(args.cfg_options)
+        except ValueError as e:
+            parser.error(f'--cfg-options: {e}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.unsafe_load:
@@ -130,10 +133,15 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from bdd100k_ins_seg.cli import fail, reason
+    if not osp.isfile(args.config):
+        fail(f'config {args.config}', 'not found')
     try:
         cfg = build_config(args)
     except Exception as e:  # noqa: BLE001 - any config error: one line
-        sys.exit(f'error: {args.config}: {type(e).__name__}: {e}')
+        fail(f'config {args.config}', e if isinstance(
+            e, (FileNotFoundError, ValueError)) else
+            f'{type(e).__name__}: {reason(e)}')
 
     import torch
     from mmengine.registry import RUNNERS
@@ -149,13 +157,13 @@ def main(argv=None):
         else:
             runner = Runner.from_cfg(cfg)
     except (KeyError, TypeError, ValueError, ImportError) as e:
-        sys.exit(f'error: {args.config}: cannot build the runner: '
-                 f'{type(e).__name__}: {e}')
+        fail(f'config {args.config}', f'cannot build the runner: '
+             f'{type(e).__name__}: {reason(e)}')
     try:
         runner.train()
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.
-        sys.exit(f'error: {e}')
+        fail('cannot train', e)
 
 
 if __name__ == '__main__':

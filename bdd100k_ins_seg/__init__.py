@@ -4,8 +4,14 @@ Importing this package (every config does, through ``custom_imports``) first
 installs the compiled-op provider (before ``mmcv.ops`` is imported) and the
 safe checkpoint loader, then registers the BDD100K datasets and metric with
 mmdet's registries and speeds up ``mmdet::_base_`` config lookups.
+Before all that, the start-up warnings the user cannot act on are silenced
+(``cli.quiet_known_warnings``).
 """
-from .ops import install as _install_ops
+from .cli import quiet_known_warnings as _quiet_known_warnings
+
+_quiet_known_warnings()
+
+from .ops import install as _install_ops  # noqa: E402
 
 _install_ops()
 

@@ -105,12 +105,43 @@ def safe_load(path, map_location='cpu', allow_unsafe=False):
                 f'allowlist ({", ".join(sorted(unsafe))}); if you trust this '
                 f'file, load it with --unsafe-load (or {UNSAFE_ENV}=1)'
             ) from None
+        why = _not_a_checkpoint(path)
         raise CheckpointError(
+            f'checkpoint {path} {why}' if why else
             f'checkpoint {path} cannot be loaded: {_first_line(e)}') from None
     except Exception as e:  # any other failure: corrupt/truncated file
         raise CheckpointError(
-            f'checkpoint {path} is not a valid torch checkpoint (corrupt or '
-            f'truncated?): {_first_line(e)}') from None
+            f'checkpoint {path} {_not_a_checkpoint(path, e)}') from None
+
+
+def _not_a_checkpoint(path, err=None):
+    """Why ``path`` is no torch checkpoint, judged by its first bytes (a
+    torch file is a zip archive, or a pickle in the legacy format); with
+    ``err`` (the error torch.load raised) a reason is always given."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError as e:
+        return f'cannot be read: {e.strerror}'
+    if not head:
+        return 'is empty (0 bytes)'
+    if head.startswith(b'PK'):  # a zip archive: torch's format, damaged
+        # torch's own message (first sentence) says what is damaged.
+        detail = (': ' + _first_line(err).split('. ')[0].rstrip('.')
+                  if isinstance(err, RuntimeError) else '')
+        return ('is not a valid torch checkpoint (corrupt or truncated?)' +
+                detail if err is not None else None)
+    if head[0] != 0x80:  # neither zip nor pickle (protocol 2+)
+        try:
+            head.decode('utf-8')
+            kind = 'a text file'
+        except UnicodeDecodeError as e:  # text cut inside a character?
+            kind = ('a text file' if e.start >= len(head) - 3 else
+                    'neither a zip archive nor a pickle')
+        return f'is not a torch checkpoint ({kind})'
+    # A pickle (torch's legacy format) that does not unpickle: cut short?
+    return ('is not a valid torch checkpoint (corrupt or truncated?)'
+            if err is not None else None)
 
 
 def _first_line(err):

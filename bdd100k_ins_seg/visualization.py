@@ -127,6 +127,40 @@ def overlay(image: np.ndarray,
     return out
 
 
+def select_instances(categories: np.ndarray, instances: np.ndarray,
+                     labels: Dict[int, Dict], score_thr: float = 0.0,
+                     max_num: Optional[int] = None
+                     ) -> Tuple[np.ndarray, np.ndarray, Dict[int, Dict]]:
+    """Keep the confident predictions of a decoded prediction bitmask.
+
+    Instances whose score (``labels[index]["score"]``) is below
+    ``score_thr`` are cleared to background, and of the rest only the
+    ``max_num`` highest-scoring ones are kept (ties: the lower index). A
+    prediction bitmask paints the higher score on top, so what is kept
+    looks exactly as it did. Instances without a label have no score and
+    are kept.
+
+    Returns:
+        ``(categories, instances, labels)``: copies without the dropped
+        instances.
+    """
+    present = [int(i) for i in np.unique(instances) if i != 0]
+    scored = sorted((i for i in present if i in labels),
+                    key=lambda i: (-float(labels[i]['score']), i))
+    keep = [i for i in scored if float(labels[i]['score']) >= score_thr]
+    if max_num is not None:
+        keep = keep[:max_num]
+    drop = sorted(set(scored) - set(keep))
+    categories, instances = categories.copy(), instances.copy()
+    if drop:
+        cleared = np.isin(instances, drop)
+        categories[cleared] = 0
+        instances[cleared] = 0
+    kept = set(keep)
+    return categories, instances, {
+        i: label for i, label in labels.items() if i in kept}
+
+
 def _caption(out: np.ndarray, categories: np.ndarray, instances: np.ndarray,
              labels: Dict[int, Dict]) -> None:
     height = out.shape[0]

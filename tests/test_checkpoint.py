@@ -179,3 +179,35 @@ def test_getattr_only_for_history_buffer(tmp_path):
     torch.save({'m': 'abc'.upper}, path)
     with pytest.raises(CheckpointError, match='method.pth'):
         safe_load(path)
+
+
+@pytest.mark.parametrize('content, why', [
+    (b'hello world\n', 'is not a torch checkpoint (a text file)'),  # was: 101
+    (b'e\n', 'is not a torch checkpoint (a text file)'),  # pop from empty
+    (b'', 'is empty (0 bytes)'),
+    (bytes([0x00, 0xff, 0xfe, 0x13] * 64),
+     'is not a torch checkpoint (neither a zip archive nor a pickle)'),
+])
+def test_not_a_checkpoint_says_what_the_file_is(tmp_path, content, why):
+    path = tmp_path / 'weights.pth'
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        safe_load(path)
+    # The whole message: no stray unpickler internals after it.
+    assert str(err.value) == f'checkpoint {path} {why}'
+
+
+def test_truncated_checkpoint_names_the_damage(tmp_path):
+    good = tmp_path / 'good.pth'
+    torch.save({'w': torch.ones(1000)}, good)
+    for name, legacy in (('zip.pth', False), ('legacy.pth', True)):
+        torch.save({'w': torch.ones(1000)}, good,
+                   _use_new_zipfile_serialization=not legacy)
+        cut = tmp_path / name
+        cut.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+        with pytest.raises(CheckpointError) as err:
+            safe_load(cut)
+        message = str(err.value)
+        assert message.startswith(f'checkpoint {cut} is not a valid torch '
+                                  'checkpoint (corrupt or truncated?)')
+        assert '\n' not in message and len(message) < 250, message

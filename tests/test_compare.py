@@ -15,6 +15,12 @@ from test_test_script import run, setup  # noqa: F401  (module fixture)
 from zoo_host import NAME, REPO, Host, official_cli, write_predictions
 
 
+@pytest.fixture(autouse=True)
+def script_name(monkeypatch):
+    """Errors name the script as sys.argv[0] does."""
+    monkeypatch.setattr(sys, 'argv', ['model_zoo.py'])
+
+
 def load_tool():
     spec = importlib.util.spec_from_file_location(
         'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
@@ -213,8 +219,8 @@ def test_bad_result_file_is_a_one_line_error(host, tmp_path, capsys):
     bad.write_text('{"AP": [{"car": 1}, {"OVERALL": 1}]}')
     assert tool.main(['compare', NAME, str(bad), '--quiet']) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f'model_zoo.py: error: {bad}: not an official evaluator result: no '
-        'AP50, AP75, AR100 (has AP)']
+        f'model_zoo.py: error: compare: {bad}: not an official evaluator '
+        'result: no AP50, AP75, AR100 (has AP)']
     assert tool.main(['compare', NAME, str(tmp_path / 'none.json'),
                       '--quiet']) == 2
     assert 'cannot read it' in capsys.readouterr().err
@@ -244,7 +250,7 @@ def test_test_script_compares_after_scoring(host, results, setup, tmp_path):
 
 
 def test_test_script_refuses_a_non_zoo_config_up_front(
-        host, tmp_path, monkeypatch):
+        host, tmp_path, monkeypatch, capsys):
     """Refused before the model is built (test.py's main, in-process)."""
     config = str(REPO / 'configs' / 'sample' / 'mask_rcnn_r18_fpn_sample.py')
     checkpoint = tmp_path / 'any.pth'
@@ -258,10 +264,11 @@ def test_test_script_refuses_a_non_zoo_config_up_front(
         '--work-dir', str(tmp_path / 'wd')])
     with pytest.raises(SystemExit) as error:
         script.main()
-    assert str(error.value) == (
+    assert error.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
         f'test.py: error: --compare-published: {config} is not a zoo model '
         f'({zoo.METAFILE_NAME}), so there are no published scores to '
-        'compare with')
+        'compare with']
     assert not (tmp_path / 'wd').exists()
     monkeypatch.setattr(sys, 'argv', [
         'test.py', config, '--format-only', '--format-dir', 'o',

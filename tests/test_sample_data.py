@@ -137,6 +137,7 @@ def test_cli_refuses_non_empty_output(tmp_path):
          '--out', str(tmp_path), '--num-train', '1'],
         capture_output=True, text=True)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        'make_sample_data.py: error: --out: ')
     assert 'not empty' in proc.stderr
     assert os.listdir(tmp_path) == ['keep.txt']

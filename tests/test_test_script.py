@@ -160,18 +160,19 @@ def one_line_error(proc, text):
 def test_bad_inputs_give_one_line_errors(setup, tmp_path):
     root, data, config, checkpoint = setup
     one_line_error(run(['missing.py', checkpoint, '--eval'], cwd=tmp_path),
-                   'config not found: missing.py')
+                   'config missing.py: not found')
     one_line_error(
         run([config, checkpoint, '--img-dir', 'nowhere', '--format-dir',
-             'o'], cwd=tmp_path), 'image folder not found: nowhere')
+             'o'], cwd=tmp_path), 'image folder nowhere: not found')
     one_line_error(run([config, 'none.pth', '--eval'], cwd=tmp_path),
-                   'checkpoint not found: none.pth')
+                   'checkpoint none.pth: not found')
     broken = tmp_path / 'broken.pth'
     broken.write_bytes(b'not a checkpoint')
     one_line_error(
         run([config, str(broken), '--format-dir', 'o', '--format-only',
              '--work-dir', 'wd'], cwd=tmp_path),
-        f'cannot load checkpoint {broken}')
+        f'cannot load checkpoint: checkpoint {broken} is not a torch '
+        'checkpoint (a text file)')
     assert not (tmp_path / 'o').exists()
 
 
@@ -191,3 +192,47 @@ def test_checkpoint_outside_allowlist_needs_unsafe_load(setup, tmp_path):
     trusted = run(args + ['--unsafe-load'], cwd=tmp_path)
     assert trusted.returncode == 0, trusted.stderr[-2000:]
     assert len(os.listdir(tmp_path / 'o' / 'bitmasks')) == 3
+
+
+def test_runs_leave_a_training_folder_alone(setup, tmp_path):
+    """Without --work-dir nothing but the outputs is written (logs: console
+    only); with a training's work folder as --work-dir, the training's
+    config copy, logs and last_checkpoint stay as they were."""
+    root, data, config, checkpoint = setup
+    stem = osp.splitext(osp.basename(config))[0]
+    training = tmp_path / 'work_dirs' / stem
+    (training / '20260101_000000').mkdir(parents=True)
+    files = {training / f'{stem}.py': 'the training config copy',
+             training / 'last_checkpoint': str(training / 'iter_3.pth'),
+             training / '20260101_000000' / '20260101_000000.log': 'log'}
+    for path, text in files.items():
+        path.write_text(text)
+    scratch = tmp_path / 'tmp'  # the runs' temporary folders go here
+    scratch.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO,
+               TMPDIR=str(scratch))
+
+    def test_py(*args):
+        proc = subprocess.run(
+            [sys.executable, osp.join(REPO, 'test.py'), config, checkpoint,
+             '--img-dir', str(data / 'images'), '--format-dir', 'out'] +
+            list(args), cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    before = set(tmp_path.rglob('*'))
+    proc = test_py()
+    new = set(tmp_path.rglob('*')) - before
+    assert new and all(p.is_relative_to(tmp_path / 'out') for p in new), new
+    assert os.listdir(scratch) == []  # the temporary work folder is gone
+    assert 'Epoch(test)' in proc.stdout + proc.stderr  # logged to console
+
+    test_py('--work-dir', str(training))
+    for path, text in files.items():
+        assert path.read_text() == text
+    runs = sorted(set(os.listdir(training)) -
+                  {f'{stem}.py', 'last_checkpoint', '20260101_000000'})
+    assert len(runs) == 1  # one timestamped folder: log + config copy
+    logged = os.listdir(training / runs[0])
+    assert f'{runs[0]}.log' in logged and f'{stem}.py' in logged

@@ -219,7 +219,8 @@ def test_missing_config_is_one_line_error(tmp_path):
     proc = _run_train_cli(str(tmp_path / 'nope.py'))
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: ') and 'nope.py' in last
+    assert last == f'train.py: error: config {tmp_path / "nope.py"}: ' \
+        'not found'
     assert 'Traceback' not in proc.stderr
 
 
@@ -228,5 +229,6 @@ def test_unknown_model_is_one_line_error(tiny_config, tmp_path):
                           '--cfg-options', 'model.type=NoSuchDetector')
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: ') and 'NoSuchDetector' in last
+    assert last.startswith(f'train.py: error: config {tiny_config}: ')
+    assert 'NoSuchDetector' in last
     assert 'Traceback' not in proc.stderr

@@ -12,7 +12,7 @@ from PIL import Image
 from bdd100k_ins_seg.bitmask import write_bitmask, write_score_file
 from bdd100k_ins_seg.visualization import (CLASS_HUES, HUE_SPREAD, colorize,
                                            instance_color, outline,
-                                           overlay)
+                                           overlay, select_instances)
 from test_evaluation import make_scenes
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -109,7 +109,7 @@ def test_vis_command(tmp_path):
                     str(pred / 'bitmasks'), '-o', str(tmp_path / 'vis3')])
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        f'vis.py: error: no image for mask {scene["stem"]}.png')
+        f'vis.py: error: mask {scene["stem"]}.png: no image')
 
 
 def test_corrupt_mask_file_is_a_one_line_error(tmp_path):
@@ -125,3 +125,82 @@ def test_corrupt_mask_file_is_a_one_line_error(tmp_path):
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith('vis.py: error:') and 'a.png' in last
+
+
+def test_select_instances_by_score_and_count():
+    categories = np.zeros((4, 6), np.uint8)
+    instances = np.zeros((4, 6), np.int32)
+    for index, category in ((1, 3), (2, 1), (3, 5), (4, 3)):
+        categories[:, index], instances[:, index] = category, index
+    categories[:, 5], instances[:, 5] = 2, 9  # no score: always kept
+    labels = {1: dict(score=0.9), 2: dict(score=0.2), 3: dict(score=0.5),
+              4: dict(score=0.5), 7: dict(score=0.99)}  # 7: not in the image
+    cats, insts, kept = select_instances(categories, instances, labels,
+                                         score_thr=0.3)
+    assert sorted(kept) == [1, 3, 4]
+    assert (insts[:, 2] == 0).all() and (cats[:, 2] == 0).all()
+    assert (insts[:, [1, 3, 4, 5]] == instances[:, [1, 3, 4, 5]]).all()
+    assert (cats[:, [1, 3, 4, 5]] == categories[:, [1, 3, 4, 5]]).all()
+    assert (instances[:, 2] == 2).all()  # the input is left alone
+    # At most 2: the best (0.9), then the tie at 0.5 goes to index 3.
+    _, insts, kept = select_instances(categories, instances, labels,
+                                      score_thr=0.3, max_num=2)
+    assert sorted(kept) == [1, 3]
+    assert sorted(np.unique(insts)) == [0, 1, 3, 9]
+    # Threshold 0 and no limit: everything stays.
+    cats, insts, kept = select_instances(categories, instances, labels)
+    assert (insts == instances).all() and (cats == categories).all()
+    assert sorted(kept) == [1, 2, 3, 4]
+
+
+def test_vis_draws_only_confident_predictions(tmp_path):
+    scenes = make_scenes(str(tmp_path), num_images=1, seed=7)
+    scene = scenes[0]
+    assert len(scene['labels']) >= 3
+    scores = np.linspace(0.9, 0.1, len(scene['labels']))
+    pred = tmp_path / 'pred'
+    labels = write_bitmask(str(pred / 'bitmasks' / (scene['stem'] + '.png')),
+                           scene['masks'], scene['labels'], scores)
+    write_score_file(str(pred / 'score.json'),
+                     [dict(name=scene['stem'] + '.jpg', labels=labels)])
+    image = np.asarray(Image.open(tmp_path / 'images' /
+                                  (scene['stem'] + '.jpg'))).astype(int)
+
+    def changed(extra, out):
+        proc = run_vis(['-i', str(tmp_path / 'images'), '-c',
+                        str(pred / 'bitmasks'), '-o', str(tmp_path / out),
+                        '--score-file', str(pred / 'score.json'),
+                        '--nproc', '1'] + extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        vis = np.asarray(Image.open(tmp_path / out /
+                                    (scene['stem'] + '.jpg'))).astype(int)
+        diff = np.abs(vis - image).sum(-1)
+        # Per prediction (by score rank): is its visible part drawn?
+        from bdd100k_ins_seg.bitmask import read_bitmask
+        _, instances = read_bitmask(str(pred / 'bitmasks' /
+                                        (scene['stem'] + '.png')))
+        drawn = []
+        for label in sorted(labels, key=lambda lb: -lb['score']):
+            visible = instances == label['index']
+            drawn.append(diff[visible].mean() > 20 if visible.any() else None)
+        return drawn, [lb['score'] for lb in
+                       sorted(labels, key=lambda lb: -lb['score'])]
+
+    drawn, ranked = changed([], 'default')  # threshold 0.3
+    assert [d for d, s in zip(drawn, ranked) if s >= 0.3 and d is not None]
+    for d, s in zip(drawn, ranked):
+        if d is not None:
+            assert d == (s >= 0.3), (drawn, ranked)
+    drawn, ranked = changed(['--score-thr', '0', '--max-per-image', '1'],
+                            'top1')
+    visible = [d for d in drawn if d is not None]
+    assert drawn[0] and not any(visible[1:]), drawn
+
+    # The options need the scores.
+    proc = run_vis(['-i', str(tmp_path / 'images'), '-c',
+                    str(pred / 'bitmasks'), '-o', str(tmp_path / 'x'),
+                    '--score-thr', '0.5'])
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'vis.py: error: --score-thr needs --score-file (the scores)')
+    assert not (tmp_path / 'x').exists()

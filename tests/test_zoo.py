@@ -379,8 +379,9 @@ def test_cli_unknown_name_exits_with_one_line():
          'no_such_model'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines()
-              if line.startswith('model_zoo.py: error:')]
-    assert errors == ["model_zoo.py: error: unknown model 'no_such_model'; "
+              if 'error:' in line]
+    assert errors == ["model_zoo.py: error: download: "
+                      "unknown model 'no_such_model'; "
                       '`python tools/model_zoo.py list` shows the names']
     assert result.stdout == ''
 

@@ -19,6 +19,12 @@ from zoo_host import (NAME, REPO, Host, build_host, leftovers, official_cli,
 OTHER_KINDS = ('scores-val', 'scores-test', 'preds', 'visuals')
 
 
+@pytest.fixture(autouse=True)
+def script_name(monkeypatch):
+    """Errors name the script as sys.argv[0] does."""
+    monkeypatch.setattr(sys, 'argv', ['model_zoo.py'])
+
+
 def load_tool():
     spec = importlib.util.spec_from_file_location(
         'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
@@ -201,14 +207,15 @@ def test_cli_bad_download_is_one_line(host, tmp_path, capsys):
                       '--quiet']) == 2
     captured = capsys.readouterr()
     assert captured.out == '' and captured.err.splitlines() == [
-        f'model_zoo.py: error: {srv.url}/scores-val/{NAME}.json: not valid '
+        f'model_zoo.py: error: download: {srv.url}/scores-val/{NAME}.json: '
+        'not valid '
         'json (Expecting value: line 1 column 1 (char 0)); the download was '
         'deleted (corrupt file or wrong mirror)']
     assert load_tool().main(['download', NAME, '--what', 'weights,scores'
                              ]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "model_zoo.py: error: unknown file kind 'scores': one of weights, "
-        'scores-val, scores-test, preds, visuals or all']
+        "model_zoo.py: error: download: unknown file kind 'scores': one of "
+        'weights, scores-val, scores-test, preds, visuals or all']
     assert leftovers(tmp_path / 'cache') == []
     assert not cached(tmp_path, 'weights').exists()
 

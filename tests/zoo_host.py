@@ -64,8 +64,12 @@ class Host:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(
-            ('127.0.0.1', 0), functools.partial(Handler, directory=root))
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # clients that hang up (killed on purpose) are expected
+
+        self.httpd = Server(('127.0.0.1', 0),
+                            functools.partial(Handler, directory=root))
         self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
                          daemon=True).start()

@@ -10,7 +10,6 @@ is what vis.py's -c also accepts.
 import argparse
 import os
 import os.path as osp
-import sys
 
 
 def parse_args():
@@ -40,12 +39,12 @@ def _colorize_one(task):
 
 def main():
     args = parse_args()
+    from bdd100k_ins_seg.cli import fail
     if not osp.isdir(args.input):
-        sys.exit(f'colorize.py: error: bitmask folder not found: '
-                 f'{args.input}')
+        fail(f'bitmask folder {args.input}', 'not found')
     names = sorted(n for n in os.listdir(args.input) if n.endswith('.png'))
     if not names:
-        sys.exit(f'colorize.py: error: no bitmasks (*.png) in {args.input}')
+        fail(f'bitmask folder {args.input}', 'no bitmasks (*.png) in it')
     from bdd100k_ins_seg.parallel import map_with_progress
     tasks = [(osp.join(args.input, n), osp.join(args.output, n))
              for n in names]
@@ -54,7 +53,7 @@ def main():
         map_with_progress(_colorize_one, tasks, args.nproc, 'colorize',
                           ordered=False)
     except (ValueError, OSError) as e:  # unreadable bitmask, disk full
-        sys.exit(f'colorize.py: error: {e}')
+        fail(f'bitmask folder {args.input}', e)
     print(f'{len(tasks)} colored masks written to {args.output}')
 
 

@@ -6,37 +6,45 @@ The same seed gives the same files, byte for byte. See
 ``bdd100k_ins_seg/sample_data.py`` for what the scenes contain.
 """
 import argparse
-import sys
 
-from bdd100k_ins_seg.sample_data import DEFAULT_COUNTS, generate_sample_dataset
+# bdd100k_ins_seg.sample_data.DEFAULT_COUNTS, repeated so that --help does
+# not import the package (a test checks that they agree).
+DEFAULT_COUNTS = dict(train=300, val=60, test=20)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', required=True,
                         help='output folder (must not exist or be empty)')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0,
+                        help='random seed (default 0, what the demo uses)')
     for split, n in DEFAULT_COUNTS.items():
         parser.add_argument(f'--num-{split}', type=int, default=n,
                             help=f'images in {split} (default {n})')
-    parser.add_argument('--width', type=int, default=320)
-    parser.add_argument('--height', type=int, default=192)
+    parser.add_argument('--width', type=int, default=320,
+                        help='image width (default 320)')
+    parser.add_argument('--height', type=int, default=192,
+                        help='image height (default 192)')
     parser.add_argument('--nproc', type=int, default=2,
-                        help='processes for the COCO conversion')
+                        help='processes for the COCO conversion (default 2)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    from bdd100k_ins_seg.cli import fail
+    from bdd100k_ins_seg.sample_data import generate_sample_dataset
     counts = dict(train=args.num_train, val=args.num_val, test=args.num_test)
     if args.width < 64 or args.height < 64:
-        sys.exit('error: --width and --height must be at least 64 pixels')
+        fail('--width/--height', 'must be at least 64 pixels')
     try:
         num = generate_sample_dataset(args.out, seed=args.seed, counts=counts,
                                       size=(args.width, args.height),
                                       nproc=args.nproc)
-    except (FileExistsError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    except FileExistsError as e:
+        fail('--out', e)
+    except ValueError as e:
+        fail('--num-train/--num-val/--num-test', e)
     print(f'wrote {args.out}: ' + ', '.join(
         f'{counts[s]} {s} images' + (f' ({num[s]} instances)' if s in num
                                      else '') for s in counts))

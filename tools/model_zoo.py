@@ -20,7 +20,9 @@ is the official evaluator's --out-file (also written by test.py --eval
 import argparse
 import sys
 
-from bdd100k_ins_seg import zoo
+# bdd100k_ins_seg.zoo, imported by main() after the arguments are parsed (so
+# that --help does not wait for torch and mmdet).
+zoo = None
 
 
 def cmd_list(args):
@@ -47,8 +49,9 @@ def cmd_list(args):
                 row += f'  (metafile says {entry.parameters:,})'
         print(row, flush=True)
     if mismatches:
-        print(f'model_zoo.py: error: parameter counts differ from the '
-              f'metafile for {", ".join(mismatches)}', file=sys.stderr)
+        from bdd100k_ins_seg.cli import error_line
+        print(error_line(', '.join(mismatches), 'parameter counts differ '
+                         'from the metafile'), file=sys.stderr)
         return 1
     return 0
 
@@ -113,9 +116,11 @@ def cmd_readme(args):
     updated = zoo.replace_table(text, zoo.render_tables())
     if args.check:
         if updated != text:
-            print(f'model_zoo.py: error: the model table in {readme.name} '
-                  f'differs from {zoo.METAFILE_NAME}; run '
-                  '`python tools/model_zoo.py readme`', file=sys.stderr)
+            from bdd100k_ins_seg.cli import error_line
+            print(error_line(readme.name, f'the model table differs from '
+                             f'{zoo.METAFILE_NAME}; run '
+                             '`python tools/model_zoo.py readme`'),
+                  file=sys.stderr)
             return 1
         print(f'{readme.name} model table matches the metafile')
         return 0
@@ -174,10 +179,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    global zoo
+    from bdd100k_ins_seg import zoo
+    from bdd100k_ins_seg.cli import error_line
     try:
         return args.func(args)
     except zoo.ZooError as e:
-        print(f'model_zoo.py: error: {e}', file=sys.stderr)
+        print(error_line(args.command, e), file=sys.stderr)
         return 2
 
 

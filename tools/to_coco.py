@@ -12,9 +12,6 @@ image is 1280x720), and files are listed in sorted order.
 """
 import argparse
 import os.path as osp
-import sys
-
-from bdd100k_ins_seg.labels import bitmasks_to_coco, rles_to_coco, write_json
 
 
 def parse_args():
@@ -29,17 +26,22 @@ def parse_args():
 
 def main():
     args = parse_args()
+    # After parsing: --help answers without importing the stack.
+    from bdd100k_ins_seg.cli import fail
+    from bdd100k_ins_seg.labels import (bitmasks_to_coco, rles_to_coco,
+                                        write_json)
     if osp.isdir(args.input):
         convert = bitmasks_to_coco
     elif osp.isfile(args.input) and args.input.endswith('.json'):
         convert = rles_to_coco
+    elif not osp.exists(args.input):
+        fail(args.input, 'not found')
     else:
-        sys.exit(f'to_coco.py: error: {args.input} is neither a bitmask '
-                 'folder nor a json file')
+        fail(args.input, 'neither a bitmask folder nor a .json file')
     try:
         coco = convert(args.input, args.nproc)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        sys.exit(f'to_coco.py: error: {args.input}: {e}')
+        fail(args.input, e)
     write_json(coco, args.output)
     print(f'{len(coco["images"])} images, {len(coco["annotations"])} '
           f'instances -> {args.output}')

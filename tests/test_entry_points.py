@@ -1,0 +1,204 @@
+"""Every command-line entry point, found by listing the repository (root
+*.py, tools/*.py, tools/*.sh), so that a new script is covered at once:
+
+- ``--help``: exit 0, the usage on stdout, nothing on stderr (no warning);
+- no arguments (when the usage requires some) and an unknown option: exit
+  2, one usage line and one ``<script>: error: ...`` line on stderr, no
+  traceback, no shell error or trace.
+
+Plus the shared error format and warning filter of bdd100k_ins_seg.cli.
+"""
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+WRONG = '--no-such-option'
+
+
+def entry_points():
+    """Paths (relative to the repository) of every script a user runs."""
+    found = [n for n in os.listdir(REPO)
+             if n.endswith('.py') and n not in ('setup.py', 'conftest.py')]
+    found += [osp.join('tools', n) for n in os.listdir(osp.join(REPO, 'tools'))
+              if n.endswith(('.py', '.sh')) and not n.startswith('_')]
+    return sorted(found)
+
+
+SCRIPTS = entry_points()
+
+
+def command(script, *args):
+    if script.endswith('.sh'):
+        return [osp.join(REPO, script), *args]  # through its shebang
+    return [sys.executable, osp.join(REPO, script), *args]
+
+
+def run(cmd):
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    env.pop('PYTHONWARNINGS', None)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope='module')
+def helps():
+    """``--help`` of every script, run in parallel."""
+    with ThreadPoolExecutor(4) as pool:
+        procs = pool.map(lambda s: run(command(s, '--help')), SCRIPTS)
+        return dict(zip(SCRIPTS, procs))
+
+
+def needs_arguments(help_text):
+    """Whether the usage names a required argument (not all in [...])."""
+    match = re.search(r'usage: (\S+)(.*?)(\n\n|\Z)', help_text, re.S)
+    assert match, help_text
+    rest = match.group(2)
+    while re.search(r'\[[^\[\]]*\]', rest):
+        rest = re.sub(r'\[[^\[\]]*\]', ' ', rest)
+    return bool(rest.replace('...', ' ').split())
+
+
+@pytest.fixture(scope='module')
+def wrong_calls(helps):
+    """Each script without arguments (if it needs some; otherwise that is
+    a real run) and with an unknown option, in parallel."""
+    calls = [(s, ()) for s in SCRIPTS if needs_arguments(helps[s].stdout)]
+    calls += [(s, (WRONG, )) for s in SCRIPTS]
+    with ThreadPoolExecutor(4) as pool:
+        procs = pool.map(lambda c: run(command(c[0], *c[1])), calls)
+        return dict(zip(calls, procs))
+
+
+def test_discovery_finds_the_scripts():
+    for script in ('train.py', 'test.py', 'vis.py', 'tools/to_coco.py',
+                   'tools/dist_test.sh', 'tools/slurm_train.sh'):
+        assert script in SCRIPTS
+    for script in SCRIPTS:
+        if script.endswith('.sh'):
+            assert os.access(osp.join(REPO, script), os.X_OK), script
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_help(helps, script):
+    proc = helps[script]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ''
+    name = osp.basename(script)
+    assert re.match(rf'usage: \S*{re.escape(name)}\b', proc.stdout), \
+        proc.stdout[:500]
+    assert len(proc.stdout.splitlines()) >= 3  # more than the usage line
+
+
+def check_usage_error(proc, script):
+    name = osp.basename(script)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-1000:])
+    assert proc.stdout == ''
+    lines = proc.stderr.splitlines()
+    assert sum(line.startswith('usage: ') for line in lines) == 1, lines
+    assert lines[0].startswith('usage: ')
+    assert lines[-1].startswith(f'{name}: error: '), lines
+    for bad in ('Traceback', 'unbound variable', 'command not found'):
+        assert bad not in proc.stderr
+    assert not any(line.startswith('+') for line in lines)  # set -x trace
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_wrong_option_is_a_usage_error(wrong_calls, script):
+    check_usage_error(wrong_calls[(script, (WRONG, ))], script)
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_no_arguments(helps, wrong_calls, script):
+    if (script, ()) not in wrong_calls:
+        # Its usage has only optional arguments: running it bare is a real
+        # run (the demo, the environment report), checked elsewhere.
+        assert not needs_arguments(helps[script].stdout)
+        assert script in ('tools/demo.py', 'tools/collect_env.py',
+                          'tools/benchmark_writer.py',
+                          'tools/benchmark_startup.py'), (
+            f'{script} runs without arguments: add it here if intended')
+        return
+    check_usage_error(wrong_calls[(script, ())], script)
+
+
+def test_usage_parsing():
+    assert not needs_arguments('usage: demo.py [-h] [--data DATA]\n'
+                               '               [--retrain]\n\nx')
+    assert needs_arguments('usage: vis.py [-h] -i IMAGES [-n NUM]\n')
+    assert needs_arguments('usage: m.py [-h] {list,download} ...\n')
+    assert needs_arguments('usage: test.py [-h] [--eval] config '
+                           '[checkpoint]\n')
+    assert needs_arguments('usage: dist_test.sh CONFIG CHECKPOINT GPUS '
+                           '[test.py options]\n')
+
+
+def test_sample_counts_in_help_are_the_packages():
+    import importlib.util
+
+    from bdd100k_ins_seg.sample_data import DEFAULT_COUNTS
+    spec = importlib.util.spec_from_file_location(
+        'make_sample_data', osp.join(REPO, 'tools', 'make_sample_data.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.DEFAULT_COUNTS == DEFAULT_COUNTS
+
+
+def test_error_format(monkeypatch, capsys):
+    from bdd100k_ins_seg import cli
+    monkeypatch.setattr(sys, 'argv', ['/somewhere/tools/x.py', 'a'])
+    with pytest.raises(SystemExit) as exit_:
+        cli.fail('config a.py', 'not\nfound ')
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == 'x.py: error: config a.py: not found\n'
+    assert cli.error_line('f.json', KeyError('name')) == \
+        'x.py: error: f.json: name'
+    missing = FileNotFoundError(2, 'No such file or directory', 'd/a.json')
+    assert cli.error_line('data', missing) == \
+        'x.py: error: data: d/a.json: No such file or directory'
+    assert cli.reason(EOFError()) == 'EOFError'
+    with pytest.raises(SystemExit) as exit_:
+        cli.fail('download', 'unknown model', code=2)
+    assert exit_.value.code == 2
+
+
+def test_known_warning_is_silenced_and_others_are_not():
+    """mmengine's pkg_resources import warns no more once the package is
+    imported; the same text from elsewhere and other warnings still show."""
+    code = '\n'.join([
+        'import warnings',
+        'import bdd100k_ins_seg',
+        'from mmengine.utils import get_installed_path, is_installed',
+        "is_installed('mmdet'); get_installed_path('mmdet')",
+        "warnings.warn('pkg_resources is deprecated as an API (here)')",
+        "warnings.warn('another warning')",
+    ])
+    proc = run([sys.executable, '-c', code])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warned = [line for line in proc.stderr.splitlines()
+              if 'Warning: ' in line]
+    assert warned == [
+        '<string>:5: UserWarning: pkg_resources is deprecated as an API '
+        '(here)', '<string>:6: UserWarning: another warning'], proc.stderr
+
+
+def test_config_options_read_as_mmengine_does():
+    from bdd100k_ins_seg.cli import config_options
+    assert config_options(['a.b=1', 'c=[1,2]', 'd=x', 'e=None', 'f=(1,a)']) \
+        == {'a.b': 1, 'c': [1, 2], 'd': 'x', 'e': None, 'f': (1, 'a')}
+    with pytest.raises(ValueError, match="'oops' is not KEY=VALUE"):
+        config_options(['a=1', 'oops'])
+
+
+@pytest.mark.parametrize('script', ['train.py', 'test.py'])
+def test_cfg_options_without_value_is_a_usage_error(script):
+    proc = run(command(script, 'configs/sample/mask_rcnn_r18_fpn_sample.py',
+                       '--cfg-options', 'a=1', '--cfg-options', 'oops'))
+    check_usage_error(proc, script)
+    assert proc.stderr.splitlines()[-1] == \
+        f"{script}: error: --cfg-options: 'oops' is not KEY=VALUE"
