@@ -34,6 +34,9 @@ def parse_args():
     parser.add_argument('--gt-dir', help='GT bitmask folder for --eval')
     parser.add_argument('--out-file',
                         help='save the full official results (json)')
+    parser.add_argument('--compare-published', action='store_true',
+                        help='after --eval, compare the scores class by '
+                        'class with the published ones of this zoo model')
     parser.add_argument('--img-dir',
                         help='run on every image of this folder (no labels; '
                         'implies --format-only)')
@@ -90,6 +93,9 @@ def parse_args():
         parser.error('--resume continues a --format-dir folder')
     if not (args.format_only or args.format_dir or args.eval):
         args.eval = True  # plain `test.py CONFIG CKPT` scores, as in mmdet
+    if args.compare_published and not args.eval:
+        parser.error('--compare-published compares scores: use it with '
+                     '--eval')
     return args
 
 
@@ -103,6 +109,13 @@ def main():
     if (args.checkpoint and '://' not in args.checkpoint
             and not osp.isfile(args.checkpoint)):
         fail(f'checkpoint {args.checkpoint}', 'not found')
+
+    if args.compare_published:  # published scores fetched before inference
+        from bdd100k_ins_seg import compare
+        try:
+            zoo_name = compare.published_for_config(args.config)
+        except Exception as e:  # not a zoo model, download failure
+            fail('--compare-published', e)
 
     import torch
     from mmengine.config import Config
@@ -228,6 +241,9 @@ def main():
         os.makedirs(osp.dirname(osp.abspath(args.out_file)), exist_ok=True)
         with open(args.out_file, 'w', encoding='utf-8') as f:
             json.dump(official, f, indent=2)
+    if args.compare_published and runner.rank == 0 and official is not None:
+        print(compare.run(zoo_name, ours=official,
+                          source=args.out_file or 'this run').text)
     return metrics
 
 
