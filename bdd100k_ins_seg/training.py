@@ -280,8 +280,9 @@ def find_resume_checkpoint(work_dir):
     if not osp.isfile(marker):
         found = sorted(n for n in os.listdir(work_dir)
                        if n.endswith('.pth')) if osp.isdir(work_dir) else []
-        hint = (f' (it has {", ".join(found[:3])}{"..." if len(found) > 3 else ""}'
-                ': pass one as --resume CKPT)') if found else ''
+        more = '...' if len(found) > 3 else ''
+        hint = (f' (it has {", ".join(found[:3])}{more}: pass one as '
+                '--resume CKPT)') if found else ''
         raise ResumeError(work_dir, 'nothing to resume from, no '
                           f'last_checkpoint in the work folder{hint}')
     with open(marker) as f:

@@ -129,9 +129,10 @@ def _cmd(config, work_dir, *args):
 
 
 def _train(config, work_dir, *args, **kwargs):
-    return subprocess.run(_cmd(config, work_dir, *args), cwd=str(work_dir.parent),
-                          env=_env(config), capture_output=True, text=True,
-                          timeout=300, **kwargs)
+    return subprocess.run(_cmd(config, work_dir, *args),
+                          cwd=str(work_dir.parent), env=_env(config),
+                          capture_output=True, text=True, timeout=300,
+                          **kwargs)
 
 
 def _interrupt(config, work_dir, at, signum, *args):
@@ -284,8 +285,12 @@ def test_atomic_write_failing_midway_leaves_old_file(tmp_path, monkeypatch):
 def _main_error(argv, capsys):
     """train.py's last stderr line, run in this process (exit status 1)."""
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        _load_train_script().main([str(a) for a in argv])
+    saved, sys.argv = sys.argv, [osp.join(ROOT, 'train.py')]
+    try:
+        with pytest.raises(SystemExit) as e:
+            _load_train_script().main([str(a) for a in argv])
+    finally:
+        sys.argv = saved
     err = capsys.readouterr().err
     assert e.value.code == 1, err
     assert 'Traceback' not in err
