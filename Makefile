@@ -15,7 +15,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Runtime install; redone when the requirements or the package metadata change.
-$(VENV)/.runtime-installed: requirements/runtime.txt setup.cfg pyproject.toml | $(PY)
+$(VENV)/.runtime-installed: requirements/runtime.txt setup.cfg setup.py pyproject.toml _bdd100k_ins_seg_hook.py | $(PY)
 	$(PIP) install -q -r requirements/runtime.txt $(QUIET)
 	$(PIP) install -q --no-deps --no-build-isolation -e . $(QUIET)
 	$(PY) -c "import bdd100k_ins_seg, mmdet, bdd100k"

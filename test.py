@@ -34,6 +34,9 @@ def parse_args():
     parser.add_argument('--gt-dir', help='GT bitmask folder for --eval')
     parser.add_argument('--out-file',
                         help='save the full official results (json)')
+    parser.add_argument('--compare-published', action='store_true',
+                        help='after --eval, compare the scores class by '
+                        'class with the published ones of this zoo model')
     parser.add_argument('--img-dir',
                         help='run on every image of this folder (no labels; '
                         'implies --format-only)')
@@ -48,6 +51,13 @@ def parse_args():
                         metavar='KEY=VALUE',
                         help='override config settings, e.g. '
                         'test_dataloader.batch_size=2')
+    parser.add_argument('--non-strict', action='store_true',
+                        help='load a checkpoint whose keys/shapes do not all '
+                        'match the model (default: refuse it)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue an interrupted run into --format-dir:'
+                        ' images already written there are not inferred '
+                        'again')
     parser.add_argument('--unsafe-load', action='store_true',
                         help='load a checkpoint that holds types outside '
                         'the safe allowlist (full pickle: trusted files only)')
@@ -79,8 +89,13 @@ def parse_args():
         parser.error('--out-file saves scores; --format-only computes none')
     if args.format_only and not args.format_dir:
         parser.error('--format-only/--img-dir need --format-dir')
+    if args.resume and not args.format_dir:
+        parser.error('--resume continues a --format-dir folder')
     if not (args.format_only or args.format_dir or args.eval):
         args.eval = True  # plain `test.py CONFIG CKPT` scores, as in mmdet
+    if args.compare_published and not args.eval:
+        parser.error('--compare-published compares scores: use it with '
+                     '--eval')
     return args
 
 
@@ -94,6 +109,13 @@ def main():
     if (args.checkpoint and '://' not in args.checkpoint
             and not osp.isfile(args.checkpoint)):
         fail(f'checkpoint {args.checkpoint}', 'not found')
+
+    if args.compare_published:  # published scores fetched before inference
+        from bdd100k_ins_seg import compare
+        try:
+            zoo_name = compare.published_for_config(args.config)
+        except Exception as e:  # not a zoo model, download failure
+            fail('--compare-published', e)
 
     import torch
     from mmengine.config import Config
@@ -122,6 +144,9 @@ def main():
             fail(f'config {args.config}', f'no published weights: {e}')
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         fail(f'checkpoint {checkpoint}', 'not found')
+    from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+    # before the runner: unreadable or foreign weights stop here
+    check_checkpoint_or_fail(cfg, checkpoint, strict=not args.non_strict)
 
     cfg.work_dir = test_work_dir(args.work_dir)
     # Only the test loop runs: leave out the training/validation parts
@@ -163,7 +188,16 @@ def main():
         fail(f'GT bitmask folder {evaluator["gt_dir"]}', 'not found')
     if args.format_only:
         evaluator['gt_dir'] = None
+    evaluator['resume'] = args.resume
     cfg.test_evaluator = evaluator
+
+    from bdd100k_ins_seg import inference
+    try:  # before the model is built: nothing is written if one fails
+        cfg.test_evaluator.manifest = inference.preflight(
+            cfg, checkpoint, evaluator['gt_dir'], args.format_dir,
+            args.resume)
+    except inference.PreflightError as e:
+        fail(e.what, e.why)
 
     if args.show_dir:
         hooks = cfg.default_hooks
@@ -186,10 +220,22 @@ def main():
         runner.load_checkpoint(checkpoint, map_location='cpu')
     except Exception as e:  # truncated, not a checkpoint, unsafe pickle
         fail('cannot load checkpoint', e)
+    if not args.show_dir:  # the drawing hook needs full-size masks
+        from bdd100k_ins_seg.paste import enable_box_masks
+        enable_box_masks(runner.model)
+    inference.raise_on_sigterm()
     try:
         metrics = runner.test()
-    except (FileNotFoundError, ValueError) as e:  # data / GT problems
-        fail('cannot run the test', e)
+    except (inference.Terminated, KeyboardInterrupt):
+        runner.test_evaluator.metrics[0].flush()
+        fail('interrupted', 'the images written so far are kept: continue '
+             'with --resume' if args.format_dir else 'stopped by a signal')
+    except (FileNotFoundError, ValueError, AssertionError) as e:  # data, GT
+        message = inference.one_line(e)
+        if message is None:
+            raise
+        runner.test_evaluator.metrics[0].flush()  # keep what is finished
+        fail('cannot run the test', message)
 
     official = runner.test_evaluator.metrics[0].last_result
     if args.out_file and runner.rank == 0 and official is not None:
@@ -197,6 +243,9 @@ def main():
         os.makedirs(osp.dirname(osp.abspath(args.out_file)), exist_ok=True)
         with open(args.out_file, 'w', encoding='utf-8') as f:
             json.dump(official, f, indent=2)
+    if args.compare_published and runner.rank == 0 and official is not None:
+        print(compare.run(zoo_name, ours=official,
+                          source=args.out_file or 'this run').text)
     return metrics
 
 

@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import os
 import os.path as osp
+import sys
 
 
 def parse_args(argv=None):
@@ -39,6 +40,10 @@ def parse_args(argv=None):
         '--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
         help='override config settings, e.g. train_cfg.max_epochs=1 '
         'model.backbone.depth=18 (lists: key="[a,b]", no spaces)')
+    parser.add_argument(
+        '--non-strict', action='store_true',
+        help='let load_from load a checkpoint whose keys/shapes do not all '
+        'match the model (default: refuse it)')
     parser.add_argument(
         '--unsafe-load', action='store_true',
         help='load checkpoints (--resume, load_from) that hold types outside '
@@ -101,15 +106,17 @@ def build_config(args):
                              'base_batch_size, cannot use --auto-scale-lr')
         cfg.auto_scale_lr.enable = True
 
-    if args.resume == 'auto':
+    from bdd100k_ins_seg import training
+    if args.resume is not None:
+        # A complete checkpoint, or a one-line error (never a silent start
+        # from iteration 0, never a truncated file).
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(
-                f'checkpoint to resume from not found: {args.resume}')
-        cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = (training.find_resume_checkpoint(cfg.work_dir)
+                         if args.resume == 'auto' else
+                         training.check_checkpoint_file(args.resume)
+                         or args.resume)
+    # Atomic checkpoints, stop on signals / non-finite loss, exact resume.
+    training.configure(cfg)
 
     if not cuda:
         # NCCL needs GPUs; DDP of a CPU model takes no device ids.
@@ -136,17 +143,38 @@ def main(argv=None):
     from bdd100k_ins_seg.cli import fail, reason
     if not osp.isfile(args.config):
         fail(f'config {args.config}', 'not found')
+    from bdd100k_ins_seg import training
     try:
         cfg = build_config(args)
+    except training.ResumeError as e:
+        fail(e.path, e.why)
     except Exception as e:  # noqa: BLE001 - any config error: one line
         fail(f'config {args.config}', e if isinstance(
             e, (FileNotFoundError, ValueError)) else
             f'{type(e).__name__}: {reason(e)}')
 
+    if cfg.get('load_from') and not cfg.get('resume'):
+        from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+        # before the runner: unreadable or foreign weights stop here
+        check_checkpoint_or_fail(cfg, cfg.load_from,
+                                 strict=not args.non_strict)
+
+    with training.stop_on_signals():
+        try:
+            _run(args, cfg)
+        except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint
+            print('train.py: interrupted; --resume continues from the last '
+                  'complete checkpoint', file=sys.stderr)
+            sys.exit(130)
+
+
+def _run(args, cfg):
     import torch
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from bdd100k_ins_seg import training
+    from bdd100k_ins_seg.cli import fail, reason
     from bdd100k_ins_seg.launch import init_cpu_distributed
     from bdd100k_ins_seg.threads import configure_threads
 
@@ -163,6 +191,14 @@ def main(argv=None):
              f'{type(e).__name__}: {reason(e)}')
     try:
         runner.train()
+    except training.TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved
+        print(f'train.py: {e}', file=sys.stderr)
+        sys.exit(e.exit_code)
+    except training.NonFiniteLossError as e:
+        fail(e.what, e.why)
+    except training.CheckpointWriteError as e:
+        fail(e.filename, f'cannot write it: {e.strerror}; the previous '
+             'checkpoint is intact (--resume continues from it)')
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.
         fail('cannot train', e)

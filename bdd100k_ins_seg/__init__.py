@@ -1,8 +1,9 @@
 """BDD100K instance segmentation on MMDetection 3.x.
 
-Importing this package (every config does, through ``custom_imports``) first
-installs the compiled-op provider (before ``mmcv.ops`` is imported) and the
-safe checkpoint loader, then registers the BDD100K datasets and metric with
+Importing this package (every config does, through ``custom_imports``) makes
+sure the compiled-op stand-in is registered (the installed distribution
+already does it at interpreter start, see ``_bdd100k_ins_seg_hook``), installs
+the safe checkpoint loader, then registers the BDD100K datasets and metric with
 mmdet's registries and speeds up ``mmdet::_base_`` config lookups.
 Before all that, the start-up warnings the user cannot act on are silenced
 (``cli.quiet_known_warnings``).

@@ -172,8 +172,9 @@ def png_bytes(bitmask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename
+    (``fsync``: flushed to disk before the rename)."""
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
@@ -181,6 +182,9 @@ def atomic_write(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         # mkstemp makes the file private (0600); give it the usual mode.
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)

@@ -14,10 +14,17 @@ environment variable ``BDD100K_INS_SEG_UNSAFE_LOAD=1``, set by the CLIs'
 
 :func:`install` makes mmengine's ``load_checkpoint`` / ``Runner.resume`` use
 it for local paths and http(s) URLs; importing ``bdd100k_ins_seg`` calls it.
+
+:func:`check_checkpoint` is the scripts' pre-flight check: before the runner
+is built, it loads the file and compares its keys and shapes with the model
+the config builds, so a checkpoint of another architecture stops with one
+line instead of loading partly (mmengine's default) and predicting garbage.
 """
 import os
 import os.path as osp
 import pickle
+import re
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -27,6 +34,10 @@ UNSAFE_ENV = 'BDD100K_INS_SEG_UNSAFE_LOAD'
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be (safely) loaded."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose keys or shapes do not fit the model."""
 
 
 def _history_buffer_getattr(obj, name):
@@ -149,8 +160,141 @@ def _first_line(err):
     return text[0] if text else type(err).__name__
 
 
-def _load_from_local(filename, map_location):
-    return safe_load(filename, map_location=map_location)
+# A checkpoint loaded by check_checkpoint, handed to the next load of the same
+# unchanged file (the runner's, right after) instead of reading it twice.
+_PRELOADED = {}
+
+
+def _file_key(path, map_location):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (osp.abspath(path), st.st_mtime_ns, st.st_size, str(map_location))
+
+
+def _load_from_local(filename, map_location, keep_for_next_load=False):
+    key = _file_key(osp.expanduser(str(filename)), map_location)
+    if key is not None and key in _PRELOADED:
+        return _PRELOADED.pop(key)
+    checkpoint = safe_load(filename, map_location=map_location)
+    if keep_for_next_load and key is not None:
+        _PRELOADED.clear()
+        _PRELOADED[key] = checkpoint
+    return checkpoint
+
+
+def compare_state_dicts(expected, loaded):
+    """Keys of ``loaded`` against a model's ``expected`` state_dict.
+
+    Both map names to tensors (only shapes are read). Missing BatchNorm
+    ``num_batches_tracked`` counters are not counted (torch fills them in).
+
+    Returns:
+        tuple: (missing, unexpected, mis-shaped) key lists, in the order of
+        ``expected`` / ``loaded``; mis-shaped items are
+        ``(key, loaded shape, expected shape)``.
+    """
+    missing = [k for k in expected if k not in loaded and
+               not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in loaded if k not in expected]
+    mis_shaped = [(k, tuple(loaded[k].shape), tuple(expected[k].shape))
+                  for k in expected
+                  if k in loaded and hasattr(loaded[k], 'shape') and
+                  tuple(loaded[k].shape) != tuple(expected[k].shape)]
+    return missing, unexpected, mis_shaped
+
+
+def describe_mismatch(missing, unexpected, mis_shaped):
+    """One line: the counts and the first key of each kind."""
+    parts = [f'{len(missing)} missing, {len(unexpected)} unexpected, '
+             f'{len(mis_shaped)} mis-shaped keys']
+    if missing:
+        parts.append(f'first missing: {missing[0]}')
+    if unexpected:
+        parts.append(f'first unexpected: {unexpected[0]}')
+    if mis_shaped:
+        key, got, want = mis_shaped[0]
+        parts.append(f'first mis-shaped: {key} {list(got)} in the '
+                     f'checkpoint, {list(want)} in the model')
+    return '; '.join(parts)
+
+
+def model_state_shapes(model_cfg, default_scope='mmdet'):
+    """The state_dict (names -> tensors with shapes) of the model a config
+    builds, without allocating or initialising weights when possible."""
+    import torch
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(default_scope)
+    try:
+        with torch.device('meta'):
+            model = MODELS.build(model_cfg)
+    except Exception:  # a module that cannot be built on 'meta'
+        model = MODELS.build(model_cfg)
+    return model.state_dict()
+
+
+def checkpoint_state_dict(checkpoint):
+    """The weights of a loaded checkpoint, keys as mmengine loads them."""
+    state_dict = checkpoint.get('state_dict', checkpoint) \
+        if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f'holds a {type(state_dict).__name__}, not a state_dict')
+    return OrderedDict((re.sub(r'^module\.', '', k), v)
+                       for k, v in state_dict.items())
+
+
+def check_checkpoint(cfg, filename, strict=True):
+    """Pre-flight check of the weights a script is about to load.
+
+    Loads ``filename`` (local path or URL, through mmengine's loaders) and,
+    when ``strict``, compares its keys and shapes with the model ``cfg``
+    builds. The loaded file is kept for the runner's load that follows.
+
+    Raises:
+        CheckpointError: unreadable file (one-line message).
+        CheckpointMismatchError: (strict) any missing, unexpected or
+            mis-shaped key (one-line message without the file name).
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    filename = str(filename)
+    try:
+        if '://' in filename:
+            checkpoint = CheckpointLoader.load_checkpoint(
+                filename, map_location='cpu')
+        else:
+            checkpoint = _load_from_local(filename, 'cpu',
+                                          keep_for_next_load=True)
+        state_dict = checkpoint_state_dict(checkpoint)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise CheckpointError(_first_line(e)) from None
+    except Exception as e:  # noqa: BLE001 - download errors and the like
+        raise CheckpointError(
+            f'{filename}: {type(e).__name__}: {_first_line(e)}') from None
+    if not strict:
+        return
+    expected = model_state_shapes(cfg.model, cfg.get('default_scope',
+                                                     'mmdet'))
+    mismatch = compare_state_dicts(expected, state_dict)
+    if any(mismatch):
+        _PRELOADED.clear()
+        raise CheckpointMismatchError(
+            'does not fit the model of the config: '
+            f'{describe_mismatch(*mismatch)} (--non-strict loads the '
+            'matching part)')
+
+
+def check_checkpoint_or_fail(cfg, filename, strict=True):
+    """:func:`check_checkpoint` for the scripts: a problem ends the process
+    with one line (``<script>: error: ...``, exit status 1)."""
+    from .cli import fail
+    try:
+        check_checkpoint(cfg, filename, strict=strict)
+    except CheckpointMismatchError as e:
+        fail(f'checkpoint {filename}', e)
+    except CheckpointError as e:
+        fail('cannot load checkpoint', e)
 
 
 def _load_from_http(filename, map_location=None, model_dir=None,

@@ -1,24 +1,32 @@
 """The official BDD100K instance-segmentation metric inside mmengine.
 
-Predictions are rendered as non-overlapping bitmasks by
-:mod:`bdd100k_ins_seg.bitmask` and scored by the ``bdd100k`` package's own
+Predictions are rendered as non-overlapping bitmasks and written, image by
+image in background threads on every rank, by
+:class:`bdd100k_ins_seg.writer.PredictionWriter`; rank 0 then writes
+``score.json`` and scores the folder by the ``bdd100k`` package's own
 evaluator (``bdd100k.eval.ins_seg.evaluate_ins_seg``, the code behind
 ``python -m bdd100k.eval.run -t ins_seg``) against the GT bitmask folder,
 so the numbers logged during training and testing are the official ones.
 """
 import os
 import os.path as osp
+import shutil
 import tempfile
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
+from mmengine.dist import (all_gather_object, barrier,
+                           broadcast_object_list, collect_results,
+                           is_main_process)
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 
 from mmdet.registry import METRICS
 
-from .bitmask import (atomic_write, bitmask_name, encode_bitmask, frame_name,
-                      png_bytes, write_score_file)
+from .bitmask import bitmask_name, frame_name
+from .inference import write_manifest
+from .paste import BoxMasks
+from .writer import (PredictionWriter, finish, read_journals,
+                     read_score_file)
 
 #: Summary keys returned (prefixed ``bdd100k/``), in the evaluator's order.
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10',
@@ -69,8 +77,18 @@ class BDD100KInsSegMetric(BaseMetric):
             when given, COCO box and mask AP (overlapping masks, pycocotools,
             the protocol of the BDD100K paper) are reported beside the
             official numbers as ``coco_bbox_mAP``, ``coco_segm_mAP``, ...
-        collect_device: 'cpu' or 'gpu', to gather results across ranks.
+        workers: background threads writing the bitmasks of each rank.
+        resume: keep the images an earlier, interrupted run completed in
+            ``outfile_prefix`` (its ``.parts`` journals) and add this run's;
+            otherwise only this run's images make ``score.json``.
+        manifest: the run's fingerprints (test.py), written as
+            ``outfile_prefix/.run.json`` before the first image.
+        collect_device: 'cpu' or 'gpu', to gather COCO results across ranks.
         prefix: metric name prefix (default ``bdd100k``).
+
+    Each rank writes its own images into the output folder (which all ranks
+    must share) while the model runs on the next batch; ``score.json``
+    lists the frames sorted by name and is written last.
 
     Returns (from ``evaluate``): ``bdd100k/segm_AP``, ``segm_AP50``,
     ``segm_AP75``, ``segm_APs``, ``segm_APm``, ``segm_APl`` and the
@@ -87,6 +105,9 @@ class BDD100KInsSegMetric(BaseMetric):
                  nproc: int = 2,
                  score_thr: float = 0.0,
                  coco_ann_file: Optional[str] = None,
+                 workers: int = 2,
+                 resume: bool = False,
+                 manifest: Optional[dict] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -101,6 +122,12 @@ class BDD100KInsSegMetric(BaseMetric):
         self.format_only = format_only
         self.nproc = nproc
         self.score_thr = score_thr
+        self.workers = workers
+        self.resume = resume
+        self.manifest = manifest
+        self._writer: Optional[PredictionWriter] = None
+        self._out_dir: Optional[str] = None
+        self._tmp_dir: Optional[str] = None
         self._coco_metric = None
         if coco_ann_file is not None and not format_only:
             if not osp.isfile(coco_ann_file):
@@ -115,53 +142,84 @@ class BDD100KInsSegMetric(BaseMetric):
         self.last_result: Optional[Dict] = None
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
-        """Render each image's predictions into a PNG (kept as bytes, so
-        rank 0 can write every image once after gathering)."""
+        """Hand each image's predictions to the background writer: its PNG
+        and score labels are on disk a moment later."""
+        writer = self._start()
         for sample in data_samples:
             pred = sample['pred_instances']
-            scores = pred['scores']
-            keep = scores >= self.score_thr
+            if 'masks' not in pred:
+                raise ValueError('BDD100KInsSegMetric needs mask '
+                                 'predictions; the model returned boxes only')
+            keep = pred['scores'] >= self.score_thr
             if not bool(keep.all()):
                 pred = {k: pred[k][keep] for k in
                         ('masks', 'labels', 'scores', 'bboxes') if k in pred}
             height, width = sample['ori_shape'][:2]
-            if 'masks' not in pred:
-                raise ValueError('BDD100KInsSegMetric needs mask '
-                                 'predictions; the model returned boxes only')
-            bitmask, labels = encode_bitmask(
-                pred['masks'], pred['labels'] + 1, pred['scores'],
-                pred.get('bboxes'), image_size=(height, width))
-            result = dict(name=frame_name(sample['img_path']),
-                          png=png_bytes(bitmask), labels=labels)
+            writer.put(frame_name(sample['img_path']), pred['masks'],
+                       pred['labels'] + 1, pred['scores'], pred.get('bboxes'),
+                       image_size=(height, width))
             if self._coco_metric is not None:
-                # mmdet's COCO metric encodes the (overlapping) masks as RLE;
-                # its entry travels with ours, so ranks gather both at once.
-                self._coco_metric.process(
-                    data_batch, [dict(sample, pred_instances=pred)])
-                result['coco'] = self._coco_metric.results.pop()
-            self.results.append(result)
+                # mmdet's COCO metric encodes the (overlapping) masks as RLE.
+                masks = pred['masks']
+                if isinstance(masks, BoxMasks):
+                    masks = masks.full()
+                self._coco_metric.process(data_batch, [
+                    dict(sample, pred_instances=dict(pred, masks=masks))])
+                self.results.append(self._coco_metric.results.pop())
 
-    def compute_metrics(self, results: list) -> Dict[str, float]:
+    def _start(self) -> PredictionWriter:
+        """The writer of this evaluation round (all ranks, same folder)."""
+        if self._writer is not None:
+            return self._writer
+        out_dir = self.outfile_prefix
+        if out_dir is None:
+            # Every rank writes into rank 0's temporary folder.
+            self._tmp_dir = tempfile.mkdtemp() if is_main_process() else None
+            shared = [self._tmp_dir]
+            broadcast_object_list(shared)
+            out_dir = shared[0]
+        self._out_dir = out_dir
+        if is_main_process():
+            if self.manifest is not None:
+                write_manifest(out_dir, self.manifest)
+            score_file = osp.join(out_dir, 'score.json')
+            # An earlier score.json would pair its indices with the new
+            # masks if this run died half-way: remove it first (a resumed
+            # run keeps its frames: they are complete).
+            if osp.exists(score_file) and not self.resume:
+                os.remove(score_file)
+        # Every rank has read what earlier runs left (test.py's resume)
+        # before any rank writes.
+        barrier()
+        self._writer = PredictionWriter(out_dir, workers=self.workers)
+        return self._writer
+
+    def evaluate(self, size: int) -> dict:
+        """Finish the writes of every rank; rank 0 then writes ``score.json``
+        from the journals and scores it (``size`` is unused: each rank
+        wrote its own images)."""
         logger: MMLogger = MMLogger.get_current_instance()
-        # The distributed sampler pads with repeated images and
-        # collect_results drops the padding; a repeated name here would
-        # only come from a dataset listing an image twice.
-        unique = OrderedDict()
-        for result in results:
-            unique.setdefault(result['name'], result)
-        if len(unique) != len(results):
-            logger.warning(f'{len(results) - len(unique)} images were listed '
-                           'twice; each is written and scored once')
-        if self.outfile_prefix is None:
-            with tempfile.TemporaryDirectory() as tmp_dir:
-                metrics = self._write_and_score(list(unique.values()),
-                                                tmp_dir, logger)
-        else:
-            metrics = self._write_and_score(list(unique.values()),
-                                            self.outfile_prefix, logger)
+        writer = self._start()
+        try:
+            writer.close()
+        finally:
+            self._writer = None
+        journals = all_gather_object(writer.journal)
+        coco_results = None
         if self._coco_metric is not None:
-            metrics.update(self._coco_ap([r['coco'] for r in unique.values()]))
-        return metrics
+            coco_results = collect_results(self.results, size,
+                                           self.collect_device)
+        self.results.clear()
+        metrics = [None]
+        if is_main_process():
+            try:
+                metrics = [self._finish(journals, coco_results, logger)]
+            finally:
+                if self._tmp_dir is not None:
+                    shutil.rmtree(self._tmp_dir, ignore_errors=True)
+                    self._tmp_dir = None
+        broadcast_object_list(metrics)
+        return metrics[0]
 
     def _coco_ap(self, coco_results: list) -> Dict[str, float]:
         """COCO box/mask AP (x100) of the same predictions, overlapping."""
@@ -172,25 +230,34 @@ class BDD100KInsSegMetric(BaseMetric):
         return {f'coco_{k}': round(100 * v, 1) for k, v in coco.items()
                 if isinstance(v, float)}
 
-    def _write_and_score(self, results: List[dict], out_dir: str,
-                         logger: MMLogger) -> Dict[str, float]:
+    def flush(self) -> None:
+        """Finish the queued images of this rank and stop (an interrupted
+        run: no ``score.json``; ``--resume`` continues it)."""
+        try:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                writer.close()
+        finally:
+            if self._tmp_dir is not None:  # nothing to resume there
+                shutil.rmtree(self._tmp_dir, ignore_errors=True)
+                self._tmp_dir = None
+
+    def compute_metrics(self, results: list) -> dict:
+        """Unused: :meth:`evaluate` scores the written folder."""
+        raise NotImplementedError
+
+    def _finish(self, journals: List[str], coco_results: Optional[list],
+                logger: MMLogger) -> Dict[str, float]:
+        out_dir = self._out_dir
+        if self.resume:
+            records = read_score_file(out_dir)
+            records.update(read_journals(out_dir))
+        else:
+            records = read_journals(out_dir, journals)
+        score_file = finish(out_dir, records)
         bitmask_dir = osp.join(out_dir, 'bitmasks')
-        os.makedirs(bitmask_dir, exist_ok=True)
-        score_file = osp.join(out_dir, 'score.json')
-        # A score.json left by an earlier run would pair its indices with
-        # the new masks if this run died half-way: remove it first.
-        if osp.exists(score_file):
-            os.remove(score_file)
-        pred_paths = []
-        for result in results:
-            path = osp.join(bitmask_dir, bitmask_name(result['name']))
-            atomic_write(path, result['png'])
-            pred_paths.append(path)
-        # Written last: a complete score.json marks a complete folder.
-        write_score_file(score_file, ({
-            'name': r['name'],
-            'labels': r['labels']
-        } for r in results))
+        pred_paths = [osp.join(bitmask_dir, bitmask_name(name))
+                      for name in sorted(records)]
         stale = len([n for n in os.listdir(bitmask_dir)
                      if n.endswith('.png')]) - len(pred_paths)
         if stale > 0:
@@ -198,9 +265,17 @@ class BDD100KInsSegMetric(BaseMetric):
                            'not in this run')
         logger.info(f'{len(pred_paths)} prediction bitmasks and score.json '
                     f'written to {out_dir}')
-        if self.format_only:
-            return {}
+        metrics = {} if self.format_only else self._score(
+            pred_paths, score_file, logger)
+        if self._coco_metric is not None:
+            metrics.update(self._coco_ap(coco_results))
+        return {f'{self.prefix}/{k}' if self.prefix else k: v
+                for k, v in metrics.items()}
 
+    def _score(self, pred_paths: List[str], score_file: str,
+               logger: MMLogger) -> Dict[str, float]:
+        if not pred_paths:
+            raise ValueError('no predictions to score (0 images)')
         gt_by_name = {osp.basename(p): p for p in list_gt_bitmasks(
             self.gt_dir)} if osp.isdir(self.gt_dir) else None
         if not gt_by_name:

@@ -1,31 +1,59 @@
-"""The model zoo catalogue and its published weights.
+"""The model zoo catalogue and its published files.
 
 The catalogue is ``configs/ins_seg/metafile.yml`` (OpenMMLab model-index
 format): one entry per published model, whose name is both the config stem
-and the weight file stem. Weights are fetched on demand:
+and the stem of every published file. The original host publishes six
+files per model, one folder per kind (:data:`ARTEFACTS`)::
 
-* from ``https://dl.cv.ethz.ch/bdd100k/ins_seg/models/<name>.pth``, or from
-  the base URL (or local folder) in ``$BDD100K_INS_SEG_MIRROR``, because the
-  original host is not always reachable;
-* into ``~/.cache/bdd100k_ins_seg/checkpoints`` (``$BDD100K_INS_SEG_CACHE``);
-* through a temporary file that is renamed into place only after its MD5
-  equals the published one (the ``.md5`` file next to the ``.pth``). A file
-  that fails the check is deleted and an error raised; a verified file is
-  never downloaded again.
+    https://dl.cv.ethz.ch/bdd100k/ins_seg/models/<name>.pth       weights
+    https://dl.cv.ethz.ch/bdd100k/ins_seg/models/<name>.md5       their MD5
+    https://dl.cv.ethz.ch/bdd100k/ins_seg/scores-val/<name>.json  val scores
+    https://dl.cv.ethz.ch/bdd100k/ins_seg/scores-test/<name>.json test scores
+    https://dl.cv.ethz.ch/bdd100k/ins_seg/preds/<name>.zip        predictions
+    https://dl.cv.ethz.ch/bdd100k/ins_seg/visuals/<name>.zip      drawings
 
-The README's model table is generated from the same catalogue
+The metafile spells the URLs out (as ``mim`` reads them); loading it checks
+each one against this layout. Files are fetched on demand:
+
+* from the original host, or from ``$BDD100K_INS_SEG_MIRROR``: a base URL
+  or local folder in the host's layout (``<mirror>/models/<name>.pth``,
+  ``<mirror>/scores-val/<name>.json``, ...); a mirror ending in ``/models``
+  stands for its parent, and a local folder may also hold the files flat;
+* into ``~/.cache/bdd100k_ins_seg/checkpoints`` (``$BDD100K_INS_SEG_CACHE``):
+  weights at the top, the other kinds in ``scores-val/``, ``scores-test/``,
+  ``preds/`` and ``visuals/`` (the host's folders);
+* through a temporary file that is renamed into place only after it passed
+  its check: the published MD5 for weights; for the kinds without MD5, the
+  scores json must have the official evaluator's result layout and a zip
+  must be intact (CRCs) and list what it should (:func:`check_file`). A
+  file that fails is deleted and an error names it;
+* once: concurrent processes (ranks of one job, or two jobs) take a lock
+  file next to the destination (:class:`DownloadLock`); one downloads, the
+  others wait and reuse its file. A lock whose owner died, or that showed
+  no progress for ``$BDD100K_INS_SEG_LOCK_TIMEOUT`` seconds, is broken.
+
+Published predictions are extracted next to their zip, into
+``<cache>/preds/<name>/`` (:func:`extract_predictions`).
+
+The README's model tables are generated from the same catalogue
 (:func:`render_tables`, ``python tools/model_zoo.py readme``). This module
 itself imports neither torch nor mmdet (only :func:`count_parameters` does).
 """
 import hashlib
 import http.client
+import json
 import os
 import os.path as osp
 import re
+import shutil
+import socket
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +64,30 @@ METAFILE_NAME = 'configs/ins_seg/metafile.yml'
 METAFILE = REPO_ROOT / METAFILE_NAME
 CACHE_ENV = 'BDD100K_INS_SEG_CACHE'
 MIRROR_ENV = 'BDD100K_INS_SEG_MIRROR'
+LOCK_TIMEOUT_ENV = 'BDD100K_INS_SEG_LOCK_TIMEOUT'
 DEFAULT_CACHE = '~/.cache/bdd100k_ins_seg/checkpoints'
 NAME_SUFFIX = '_ins_seg_bdd100k'  # every published name ends with it
 LIST_HINT = '`python tools/model_zoo.py list` shows the names'
 
+#: The original host; every published URL is ``HOST/<folder>/<name><ext>``.
+HOST = 'https://dl.cv.ethz.ch/bdd100k/ins_seg'
+#: kind -> (folder on the host, file extension, metafile field).
+ARTEFACTS = {
+    'weights': ('models', '.pth', 'Weights'),
+    'md5': ('models', '.md5', 'Weights MD5'),
+    'scores-val': ('scores-val', '.json', 'Scores val'),
+    'scores-test': ('scores-test', '.json', 'Scores test'),
+    'preds': ('preds', '.zip', 'Predictions'),
+    'visuals': ('visuals', '.zip', 'Visuals'),
+}
+#: The kinds ``download --what`` fetches (the MD5 comes with the weights).
+KINDS = ('weights', 'scores-val', 'scores-test', 'preds', 'visuals')
+
 _CHUNK = 1 << 20  # bytes per read while downloading / hashing
 _TIMEOUT_S = 60
+_LOCK_TIMEOUT_S = 300  # a lock with no progress for this long is stale
+_LOCK_POLL_S = 0.2
+_IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
 
 
 class ZooError(RuntimeError):
@@ -53,7 +99,13 @@ class UnknownModelError(ZooError):
 
 
 class ChecksumError(ZooError):
-    """A weight file whose MD5 differs from the published one."""
+    """A downloaded file that fails its check (MD5, or its content)."""
+
+
+def published_url(kind, name):
+    """The original host's URL of one published file of a model."""
+    folder, ext, _ = ARTEFACTS[kind]
+    return f'{HOST}/{folder}/{name}{ext}'
 
 
 @dataclass(frozen=True)
@@ -61,7 +113,8 @@ class ZooEntry:
     """One published model of the catalogue.
 
     ``results`` maps ``(split, kind)`` to the published AP (x100), with
-    split in ``('val', 'test')`` and kind in ``('mask', 'box')``.
+    split in ``('val', 'test')`` and kind in ``('mask', 'box')``. ``urls``
+    maps each kind of :data:`ARTEFACTS` to its published URL.
     """
     name: str
     collection: str
@@ -76,6 +129,7 @@ class ZooEntry:
     parameters: int
     results: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)  # the raw Metadata block
+    urls: dict = field(default_factory=dict)
 
     @property
     def config_path(self):
@@ -99,12 +153,13 @@ def _parse_entry(model, metafile):
             kind = _TASK_KINDS[result['Task']]
             split = result['Dataset'].split()[-1]
             results[(split, kind)] = float(result['Metrics'][f'{kind} AP'])
-        return ZooEntry(
+        urls = {kind: model[key] for kind, (_, _, key) in ARTEFACTS.items()}
+        entry = ZooEntry(
             name=name,
             collection=model['In Collection'],
             config=model['Config'],
-            weights_url=model['Weights'],
-            md5_url=model['Weights MD5'],
+            weights_url=urls['weights'],
+            md5_url=urls['md5'],
             backbone=str(meta['Backbone']),
             lr_schedule=str(meta['Lr schd']),
             epochs=int(meta['Epochs']),
@@ -112,10 +167,22 @@ def _parse_entry(model, metafile):
             ms_train=bool(meta['MS-train']),
             parameters=int(meta['Parameters']),
             results=results,
-            metadata=dict(meta))
+            metadata=dict(meta),
+            urls=urls)
     except (KeyError, TypeError, ValueError) as e:
         raise ZooError(f'{metafile}: model {name!r} has a missing or bad '
                        f'field ({type(e).__name__}: {e})') from None
+    for kind, url in urls.items():
+        if url != published_url(kind, name):
+            raise ZooError(
+                f'{metafile}: model {name!r}: {ARTEFACTS[kind][2]} is {url},'
+                f' not {published_url(kind, name)} (the host layout of '
+                'bdd100k_ins_seg.zoo.ARTEFACTS)')
+    return entry
+
+
+_CATALOGUES = {}  # (path, mtime, size) -> catalogue
+_YAML_LOADER = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
 
 
 def load_catalogue(metafile=None):
@@ -130,8 +197,12 @@ def load_catalogue(metafile=None):
     """
     metafile = Path(metafile or METAFILE)
     try:
+        stat = metafile.stat()
+        key = (str(metafile), stat.st_mtime_ns, stat.st_size)
+        if key in _CATALOGUES:  # parsed once per version of the file
+            return dict(_CATALOGUES[key])
         with open(metafile, encoding='utf-8') as f:
-            index = yaml.safe_load(f)
+            index = yaml.load(f, Loader=_YAML_LOADER)
     except OSError as e:
         raise ZooError(f'cannot read the model catalogue {metafile}: '
                        f'{e.strerror}') from None
@@ -142,7 +213,8 @@ def load_catalogue(metafile=None):
             raise ZooError(f'{metafile}: model {entry.name!r} is listed '
                            'twice')
         catalogue[entry.name] = entry
-    return catalogue
+    _CATALOGUES[key] = catalogue
+    return dict(catalogue)
 
 
 def collections(metafile=None):
@@ -180,23 +252,53 @@ def entry_for_config(config_path, catalogue=None):
 
 
 def cache_dir():
-    """Folder for downloaded weights (``$BDD100K_INS_SEG_CACHE``)."""
+    """Folder for downloaded files (``$BDD100K_INS_SEG_CACHE``)."""
     return Path(osp.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
 
 
-def _mirrored(url):
-    """``url`` with its folder replaced by ``$BDD100K_INS_SEG_MIRROR``.
+def artefact_path(entry, kind):
+    """Cache path of one published file of an entry.
 
-    The mirror is a base URL (``https://...``, ``file://...``) or a local
-    folder holding the same file names.
+    Weights (and their ``.md5``) lie at the top of the cache folder, the
+    other kinds in the host's folder names: ``<cache>/scores-val/<name>.json``.
+    """
+    folder, ext, _ = ARTEFACTS[kind]
+    if folder == 'models':
+        return cache_dir() / (entry.name + ext)
+    return cache_dir() / folder / (entry.name + ext)
+
+
+def predictions_dir(entry):
+    """Where the published predictions zip is extracted:
+    ``<cache>/preds/<name>/``."""
+    return cache_dir() / 'preds' / entry.name
+
+
+def _mirrored(url):
+    """``url`` on ``$BDD100K_INS_SEG_MIRROR`` (unchanged without one).
+
+    The mirror stands for :data:`HOST`: a base URL (``https://...``,
+    ``file://...``) or a local folder holding ``models/``, ``scores-val/``,
+    ``scores-test/``, ``preds/`` and ``visuals/``. A mirror ending in
+    ``/models`` stands for its parent (so a mirror of the weights folder
+    still works); a local folder may also hold every file flat.
     """
     mirror = os.environ.get(MIRROR_ENV, '').strip()
-    if not mirror:
+    if not mirror or not url.startswith(HOST + '/'):
         return url
-    filename = url.rsplit('/', 1)[-1]
-    if '://' not in mirror:
-        return Path(osp.abspath(osp.expanduser(mirror)), filename).as_uri()
-    return mirror.rstrip('/') + '/' + filename
+    relative = url[len(HOST) + 1:]  # '<folder>/<file>'
+    if '://' in mirror:
+        root = mirror.rstrip('/')
+        if root.endswith('/models'):
+            root = root[:-len('/models')]
+        return root + '/' + relative
+    root = Path(osp.abspath(osp.expanduser(mirror)))
+    if root.name == 'models':
+        root = root.parent
+    layout = root / relative
+    flat = Path(osp.abspath(osp.expanduser(mirror))) / relative.split('/')[-1]
+    return (flat if not layout.is_file() and flat.is_file()
+            else layout).as_uri()
 
 
 def file_md5(path):
@@ -227,7 +329,7 @@ def _parse_md5(text, url):
 
 
 def _md5_cache_path(entry):
-    return cache_dir() / (entry.name + '.md5')
+    return artefact_path(entry, 'md5')
 
 
 def expected_md5(entry, download=True):
@@ -273,14 +375,284 @@ def _remove(path):
         pass
 
 
-def _download_verified(url, dest, md5, progress=True):
-    """Stream ``url`` to a temporary file, check its MD5, rename to dest."""
+# --- one download at a time per file ---------------------------------------
+
+def _process_alive(pid):
+    """Whether process ``pid`` of this host runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return True
+
+
+class DownloadLock:
+    """An exclusive lock file ``<dest>.lock`` while ``dest`` is fetched.
+
+    Created with ``O_CREAT | O_EXCL`` (atomic on local and NFS v3+ file
+    systems), it holds ``<pid> <host> <time>`` of its owner, and its mtime
+    is the owner's heartbeat (:meth:`beat`, called as bytes arrive). A
+    waiter prints one message, polls, and breaks the lock when its owner
+    is a process of this host that no longer runs (killed), or when the
+    lock showed no progress for ``timeout`` seconds (an owner on another
+    host that died or hangs).
+
+    The lock only saves transfers: correctness never depends on it, since
+    every file is written to a temporary name and renamed once checked.
+
+    Args:
+        dest (Path): the file to fetch.
+        timeout (float, optional): seconds without progress after which a
+            lock is stale; default ``$BDD100K_INS_SEG_LOCK_TIMEOUT`` or 300.
+    """
+
+    def __init__(self, dest, timeout=None, poll=_LOCK_POLL_S):
+        self.dest = Path(dest)
+        self.path = self.dest.with_name(self.dest.name + '.lock')
+        if timeout is None:
+            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV)
+                            or _LOCK_TIMEOUT_S)
+        self.timeout = timeout
+        self.poll = poll
+        self._token = None
+        self._last_beat = 0.0
+
+    def _owner(self):
+        """(text, pid, host, mtime) of the lock file, None if it is gone."""
+        try:
+            text = self.path.read_text(errors='replace')
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        fields = text.split()
+        pid = int(fields[0]) if fields and fields[0].isdigit() else None
+        host = fields[1] if len(fields) > 1 else None
+        return text, pid, host, mtime
+
+    def _stale_reason(self, owner):
+        _, pid, host, mtime = owner
+        if (pid is not None and host == socket.gethostname()
+                and not _process_alive(pid)):
+            return f'its process {pid} is gone'
+        idle = time.time() - mtime
+        if idle > self.timeout:
+            return f'no progress for {idle:.0f} s'
+        return None
+
+    def _break(self, owner, reason):
+        # Only the lock that was judged stale: it may have changed hands.
+        current = self._owner()
+        if current is None or current[0] != owner[0]:
+            return
+        grave = self.path.with_name(f'{self.path.name}.{os.getpid()}.stale')
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return
+        _remove(grave)
+        print(f'{self.dest.name}: removed the stale lock {self.path} '
+              f'({reason})', file=sys.stderr, flush=True)
+
+    def acquire(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, read-only, ...
+            raise ZooError(f'cannot create the cache folder '
+                           f'{self.path.parent}: {e.strerror or e}') from None
+        announced = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                             0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:
+                    continue  # released meanwhile
+                reason = self._stale_reason(owner)
+                if reason:
+                    self._break(owner, reason)
+                    continue
+                if not announced:
+                    who = (f'process {owner[1]} on {owner[2]}'
+                           if owner[1] is not None else 'another process')
+                    print(f'{self.dest.name}: waiting for {who}, which is '
+                          f'downloading it (lock {self.path})',
+                          file=sys.stderr, flush=True)
+                    announced = True
+                time.sleep(self.poll)
+                continue
+            except OSError as e:  # read-only cache, no space, ...
+                raise ZooError(f'cannot create the download lock '
+                               f'{self.path}: {e.strerror or e}') from None
+            token = (f'{os.getpid()} {socket.gethostname()} '
+                     f'{time.time():.6f}\n')
+            with os.fdopen(fd, 'w') as f:
+                f.write(token)
+            self._token = token
+            self._last_beat = time.monotonic()
+            return self
+
+    def beat(self):
+        """Mark progress (at most once a second)."""
+        now = time.monotonic()
+        if self._token is not None and now - self._last_beat >= 1.0:
+            self._last_beat = now
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                pass  # broken by a waiter; the rename stays safe
+
+    def release(self):
+        if self._token is None:
+            return
+        owner = self._owner()
+        if owner is not None and owner[0] == self._token:
+            _remove(self.path)
+        self._token = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _remove_leftovers(dest):
+    """Temporary files of ``dest`` left by a killed download (only called
+    with the lock held, so none of them is being written)."""
+    import glob
+    pattern = osp.join(glob.escape(str(dest.parent)),
+                       '.' + glob.escape(dest.name) + '*.part')
+    for path in glob.glob(pattern):
+        if osp.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove(path)
+
+
+# --- checks of the files without MD5 -----------------------------------------
+
+def prediction_sets(paths):
+    """The prediction folders among the relative paths of a zip or folder.
+
+    Assumed layout of a published predictions zip (the output of the
+    original ``test.py --format-only``): ``[<prefix>/]score.json`` beside
+    ``[<prefix>/]bitmasks/*.png`` (or the PNGs beside ``score.json``), once
+    per split. Every ``score.json`` with bitmask PNGs counts.
+
+    Args:
+        paths (Iterable[str]): '/'-separated relative paths.
+
+    Returns:
+        list[tuple[str, str, int]]: (score.json path, bitmask folder,
+        number of PNGs), sorted.
+    """
+    paths = [p for p in paths if not p.endswith('/')]
+    sets = []
+    for path in sorted(paths):
+        if path.rsplit('/', 1)[-1] != 'score.json':
+            continue
+        prefix = path[:-len('score.json')]
+        for folder in (prefix + 'bitmasks/', prefix):
+            pngs = [p for p in paths if p.startswith(folder)
+                    and p.lower().endswith('.png')
+                    and '/' not in p[len(folder):]]
+            if pngs:
+                sets.append((path, folder.rstrip('/') or '.', len(pngs)))
+                break
+    return sets
+
+
+def _zip_names(path):
+    """The member names of an intact zip (every CRC checked)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise ChecksumError(f'not a readable zip ({e})') from None
+    if bad is not None:
+        raise ChecksumError(f'zip member {bad} is corrupt (CRC mismatch)')
+    for name in names:
+        if name.startswith('/') or '..' in name.split('/'):
+            raise ChecksumError(f'zip member {name!r} points outside the '
+                                'folder it is extracted to')
+    return names
+
+
+def check_file(kind, path):
+    """Check a published file of a kind that has no MD5.
+
+    * ``scores-val`` / ``scores-test``: json in the official evaluator's
+      result layout (metric -> [per-class dict, {"OVERALL": x}]);
+    * ``preds``: an intact zip holding bitmask PNGs + a ``score.json`` list
+      (:func:`prediction_sets`);
+    * ``visuals``: an intact zip holding images.
+
+    Raises:
+        ChecksumError: what is wrong, in one line.
+    """
+    if kind.startswith('scores-'):
+        from .compare import ResultFormatError, load_result
+        try:
+            load_result(path)
+        except ResultFormatError as e:
+            raise ChecksumError(str(e).replace(f'{path}: ', '')) from None
+    elif kind == 'preds':
+        names = _zip_names(path)
+        sets = prediction_sets(names)
+        if not sets:
+            raise ChecksumError('the zip lists no bitmasks/*.png with a '
+                                'score.json')
+        with zipfile.ZipFile(path) as archive:
+            for score_file, _, _ in sets:
+                try:
+                    frames = json.loads(archive.read(score_file))
+                except ValueError as e:
+                    raise ChecksumError(f'{score_file} in the zip is not '
+                                        f'json ({e})') from None
+                if not isinstance(frames, list):
+                    raise ChecksumError(f'{score_file} in the zip is not a '
+                                        'list of frames')
+    elif kind == 'visuals':
+        names = _zip_names(path)
+        if not any(n.lower().endswith(_IMAGE_EXTS) for n in names):
+            raise ChecksumError('the zip lists no images')
+    else:
+        raise ValueError(f'no content check for {kind!r}')
+
+
+def _cached_ok(kind, dest, md5):
+    if not dest.is_file():
+        return False
+    if kind == 'weights':
+        return md5 is not None and file_md5(dest) == md5
+    try:
+        check_file(kind, dest)
+    except ChecksumError:
+        return False
+    return True
+
+
+def _download_checked(url, dest, check, progress=True, lock=None):
+    """Stream ``url`` to a temporary file beside ``dest``, check it, rename.
+
+    ``check(tmp_path, md5_hex)`` raises :class:`ChecksumError` (with what
+    is wrong) for a bad file, which is then deleted.
+    """
     from tqdm import tqdm
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix='.' + dest.name,
                                suffix='.part')
     out = os.fdopen(fd, 'wb')  # owns fd from here on, closed in any case
     digest = hashlib.md5()
+    received = 0
     try:
         with out, _open_url(url) as response:
             total = int(response.headers.get('Content-Length') or 0) or None
@@ -291,11 +663,18 @@ def _download_verified(url, dest, md5, progress=True):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-        if digest.hexdigest() != md5:
-            raise ChecksumError(
-                f'{url}: MD5 {digest.hexdigest()} differs from the published '
-                f'{md5}; the download was deleted (corrupt file or wrong '
-                'mirror)')
+                    received += len(chunk)
+                    if lock is not None:
+                        lock.beat()
+        if total is not None and received != total:
+            # http.client ends a body cut short without an error.
+            raise ZooError(f'cannot download {url}: the connection closed '
+                           f'after {received} of {total} bytes')
+        try:
+            check(tmp, digest.hexdigest())
+        except ChecksumError as e:
+            raise ChecksumError(f'{url}: {e}; the download was deleted '
+                                '(corrupt file or wrong mirror)') from None
         os.replace(tmp, dest)
     except (OSError, http.client.HTTPException) as e:
         # Connection reset, timeout, truncated body, full disk, ...
@@ -309,48 +688,147 @@ def _download_verified(url, dest, md5, progress=True):
     return dest
 
 
-def download(name, progress=True):
-    """Local path of a model's verified published weights.
+def extract_predictions(zip_path, out_dir, lock=None):
+    """Extract a predictions zip into ``out_dir`` (complete or absent:
+    through a temporary folder renamed at the end). ``lock``: the
+    :class:`DownloadLock` held, told of the progress."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=out_dir.parent, prefix='.' + out_dir.name,
+                           suffix='.part')
+    try:
+        _zip_names(zip_path)  # refuses members outside the folder
+        with zipfile.ZipFile(zip_path) as archive:
+            for member in archive.infolist():
+                archive.extract(member, tmp)
+                if lock is not None:
+                    lock.beat()
+        os.rename(tmp, out_dir)
+    except zipfile.BadZipFile as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ZooError(f'cannot extract {zip_path}: {e}') from None
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ZooError(f'cannot extract {zip_path} to {out_dir}: '
+                       f'{e.strerror or e}') from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
 
-    Downloads them (with a progress bar) unless the cache already holds a
-    file whose MD5 equals the published one.
+
+def local_prediction_sets(folder):
+    """:func:`prediction_sets` of an extracted folder, as absolute paths."""
+    folder = Path(folder)
+    paths = [p.relative_to(folder).as_posix() for p in folder.rglob('*')
+             if p.is_file()]
+    return [(folder / score, folder / bitmasks if bitmasks != '.' else
+             folder, count)
+            for score, bitmasks, count in prediction_sets(paths)]
+
+
+def parse_kinds(what):
+    """``'weights,scores-val'`` or ``'all'`` -> a tuple of :data:`KINDS`."""
+    kinds = []
+    for kind in (k.strip() for k in what.split(',')):
+        if kind == 'all':
+            kinds += KINDS
+        elif kind in KINDS:
+            kinds.append(kind)
+        else:
+            raise ZooError(f'unknown file kind {kind!r}: one of '
+                           f'{", ".join(KINDS)} or all')
+    return tuple(dict.fromkeys(kinds))
+
+
+def fetch(name, kind='weights', progress=True):
+    """Local path of one checked published file of a model.
+
+    Downloads it (with a progress bar, once across processes: see
+    :class:`DownloadLock`) unless the cache holds a file that passes its
+    check. A predictions zip is also extracted to :func:`predictions_dir`.
 
     Args:
         name (str): catalogue name (config stem).
+        kind (str): one of :data:`KINDS`.
         progress (bool): show a tqdm progress bar.
 
     Returns:
-        Path: ``<cache>/<name>.pth``.
+        Path: the file in the cache.
 
     Raises:
         UnknownModelError: ``name`` is not in the catalogue.
-        ChecksumError: the downloaded file does not match the published MD5.
-        ZooError: the weights or the MD5 cannot be downloaded.
+        ChecksumError: the download fails its check (and was deleted).
+        ZooError: the file (or the MD5) cannot be downloaded.
     """
     entry = get_entry(name)
-    md5 = expected_md5(entry)
-    dest = cache_dir() / entry.weights_filename
-    if not (dest.is_file() and file_md5(dest) == md5):
-        # Missing, or a damaged / foreign file where ours belongs.
-        _remove(dest)
-        _download_verified(_mirrored(entry.weights_url), dest, md5,
-                           progress=progress)
-    _remember_md5(entry, md5)
+    if kind not in KINDS:
+        raise ZooError(f'unknown file kind {kind!r}: one of '
+                       f'{", ".join(KINDS)}')
+    dest = artefact_path(entry, kind)
+    extracted = predictions_dir(entry) if kind == 'preds' else None
+
+    def done(md5):
+        return _cached_ok(kind, dest, md5) and (
+            extracted is None or extracted.is_dir())
+
+    if done(expected_md5(entry, download=False)):
+        return dest
+    with DownloadLock(dest) as lock:
+        _remove_leftovers(dest)
+        md5 = expected_md5(entry) if kind == 'weights' else None
+        if not _cached_ok(kind, dest, md5):
+            # Missing, or a damaged / foreign file where ours belongs.
+            _remove(dest)
+            if extracted is not None:
+                shutil.rmtree(extracted, ignore_errors=True)
+            _download_checked(_mirrored(entry.urls[kind]), dest,
+                              _checker(kind, md5), progress=progress,
+                              lock=lock)
+        if extracted is not None and not extracted.is_dir():
+            _remove_leftovers(extracted)
+            extract_predictions(dest, extracted, lock=lock)
+        if kind == 'weights':
+            _remember_md5(entry, md5)
     return dest
 
 
-def verify(name):
-    """Check the cached weights of a model against the published MD5.
+def _checker(kind, md5):
+    def check(path, digest):
+        if kind == 'weights':
+            if digest != md5:
+                raise ChecksumError(f'MD5 {digest} differs from the '
+                                    f'published {md5}')
+        else:
+            check_file(kind, path)
+    return check
+
+
+def download(name, progress=True):
+    """Local path of a model's verified published weights
+    (:func:`fetch` of ``'weights'``)."""
+    return fetch(name, 'weights', progress=progress)
+
+
+def verify(name, kind='weights'):
+    """Check a cached published file of a model again.
 
     Returns:
         tuple[str, str]: status (``'ok'``, ``'mismatch'``, ``'missing'``)
-        and a one-line message. Never downloads the weights (only the small
-        ``.md5`` file when it is not cached yet).
+        and a one-line message. Never downloads the file (weights: only the
+        small ``.md5`` file when it is not cached yet).
     """
     entry = get_entry(name)
-    dest = cache_dir() / entry.weights_filename
+    dest = artefact_path(entry, kind)
+    label = entry.name if kind == 'weights' else f'{entry.name} {kind}'
     if not dest.is_file():
-        return 'missing', f'{entry.name}: not downloaded ({dest})'
+        return 'missing', f'{label}: not downloaded ({dest})'
+    if kind != 'weights':
+        try:
+            check_file(kind, dest)
+        except ChecksumError as e:
+            return 'mismatch', f'{label}: {dest}: {e}'
+        return 'ok', f'{label}: ok ({dest})'
     md5 = expected_md5(entry)
     actual = file_md5(dest)
     if actual != md5:
@@ -454,14 +932,15 @@ def render_tables(catalogue=None, metafile=None):
     for entry in catalogue.values():
         by_collection.setdefault(entry.collection, []).append(entry)
     header = ('| Model | Backbone | Batch | Lr schd | MS-train | Mask AP val '
-              '| Box AP val | Mask AP test | Box AP test | Params | Weights |')
+              '| Box AP val | Scores val | Mask AP test | Box AP test '
+              '| Scores test | Params | Weights | Preds | Visuals |')
     out = []
     for coll, entries in by_collection.items():
         paper = papers.get(coll, {}).get('Paper', {})
         title = f'### {coll}'
         if paper.get('URL'):
             title += f' ([paper]({paper["URL"]}))'
-        out += [title, '', header, '|' + ' :-: |' * 11]
+        out += [title, '', header, '|' + ' :-: |' * header.count(' | ')]
         notes = set()
         for e in entries:
             ms = _ms_cell(e)
@@ -474,10 +953,14 @@ def render_tables(catalogue=None, metafile=None):
                 f'| {e.lr_schedule} ({e.epochs} ep) | {ms} '
                 f'| {e.results[("val", "mask")]:.2f} '
                 f'| {e.results[("val", "box")]:.2f} '
+                f'| [scores]({e.urls["scores-val"]}) '
                 f'| {e.results[("test", "mask")]:.2f} '
                 f'| {e.results[("test", "box")]:.2f} '
+                f'| [scores]({e.urls["scores-test"]}) '
                 f'| {e.parameters / 1e6:.1f}M '
-                f'| [model]({e.weights_url}) \\| [MD5]({e.md5_url}) |')
+                f'| [model]({e.weights_url}) \\| [MD5]({e.md5_url}) '
+                f'| [preds]({e.urls["preds"]}) '
+                f'| [visuals]({e.urls["visuals"]}) |')
         out.append('')
         for note in sorted(notes):
             out += [note, '']

@@ -3,7 +3,8 @@
 Importing bdd100k_ins_seg filters the known harmless start-up warnings
 (bdd100k_ins_seg.cli.KNOWN_WARNINGS), but pytest restores the warning
 filters around collection and every test; this applies the same filter
-inside each test, and nothing more.
+again at the start of each test, before its fixtures (module-scoped ones
+included) run, and nothing more.
 
 Tests marked ``@pytest.mark.cuda`` need a CUDA device: they run with
 ``pytest -m cuda`` (``make gpu-check``), where each asserts that CUDA is
@@ -17,10 +18,9 @@ from bdd100k_ins_seg.threads import configure_threads
 configure_threads(num_workers=0)
 
 
-@pytest.fixture(autouse=True)
-def _known_warnings_filtered():
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
     quiet_known_warnings()
-    yield
 
 
 def pytest_configure(config):

@@ -1,5 +1,6 @@
 """Safe checkpoint loading: zoo (mmdet 2.x) files, resume files, refusals."""
 import collections
+import os
 import os.path as osp
 
 import numpy as np
@@ -179,6 +180,204 @@ def test_getattr_only_for_history_buffer(tmp_path):
     torch.save({'m': 'abc'.upper}, path)
     with pytest.raises(CheckpointError, match='method.pth'):
         safe_load(path)
+
+
+# ------------------------------------------- strict weights, pre-flight
+def test_compare_state_dicts_and_one_line_description():
+    from bdd100k_ins_seg.checkpoint import (compare_state_dicts,
+                                            describe_mismatch)
+    model = collections.OrderedDict(
+        [('a.weight', torch.zeros(2, 3)), ('a.bias', torch.zeros(2)),
+         ('bn.num_batches_tracked', torch.zeros(())),
+         ('b.weight', torch.zeros(4)), ('c.weight', torch.zeros(1))])
+    loaded = {'a.weight': torch.zeros(3, 3), 'a.bias': torch.zeros(2),
+              'x.weight': torch.zeros(1), 'y': torch.zeros(1),
+              'c.weight': torch.zeros(1)}
+    mismatch = compare_state_dicts(model, loaded)
+    # a missing BatchNorm counter is not a mismatch (torch fills it in)
+    assert mismatch == (['b.weight'], ['x.weight', 'y'],
+                        [('a.weight', (3, 3), (2, 3))])
+    assert describe_mismatch(*mismatch) == (
+        '1 missing, 2 unexpected, 1 mis-shaped keys; first missing: '
+        'b.weight; first unexpected: x.weight; first mis-shaped: a.weight '
+        '[3, 3] in the checkpoint, [2, 3] in the model')
+    assert compare_state_dicts(model, dict(model)) == ([], [], [])
+
+
+# Makes the tiny test config trainable: 1 iteration on its 2 images.
+TRAIN_DIFF = '''
+train_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=False),
+    dataset=dict(data_root=data_root, ann_file='coco.json',
+                 data_prefix=dict(img='images/'), filter_cfg=None,
+                 pipeline=[dict(type='LoadImageFromFile'),
+                           dict(type='LoadAnnotations', with_bbox=True,
+                                with_mask=True),
+                           dict(type='Resize', scale=(160, 96),
+                                keep_ratio=True),
+                           dict(type='PackDetInputs')]))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=1)
+optim_wrapper = dict(type='OptimWrapper',
+                     optimizer=dict(type='SGD', lr=1e-3))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=1))
+'''
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """A tiny Mask R-CNN config with data, its own weights, and weights of
+    the same model with 2 keys removed, 3 added and 1 reshaped."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    from bdd100k_ins_seg.labels import bitmasks_to_coco, write_json
+    from test_evaluation import make_scenes
+    from test_test_script import BASES, TINY_CONFIG
+    root = tmp_path_factory.mktemp('strict')
+    data = root / 'data'
+    make_scenes(str(data), num_images=2, size=(160, 96), seed=4)
+    write_json(bitmasks_to_coco(str(data / 'gt'), 1), str(data / 'coco.json'))
+    config = root / 'tiny.py'
+    config.write_text(TINY_CONFIG.format(bases=BASES, data=data) +
+                      TRAIN_DIFF)
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    state = MODELS.build(Config.fromfile(str(config)).model).state_dict()
+    good = root / 'good.pth'
+    torch.save({'state_dict': state, 'meta': {}}, good)
+    keys = list(state)
+    foreign = collections.OrderedDict(state)
+    del foreign[keys[3]], foreign[keys[10]]
+    for name in ('extra.a', 'extra.b', 'extra.c'):
+        foreign[name] = torch.zeros(2)
+    foreign[keys[20]] = torch.zeros(7, 7)
+    bad = root / 'foreign.pth'
+    torch.save({'state_dict': foreign, 'meta': {}}, bad)
+    expected = (f'2 missing, 3 unexpected, 1 mis-shaped keys; first missing: '
+                f'{keys[3]}; first unexpected: extra.a; first mis-shaped: '
+                f'{keys[20]} [7, 7] in the checkpoint, '
+                f'{list(state[keys[20]].shape)} in the model')
+    return root, str(config), str(good), str(bad), expected
+
+
+def test_check_checkpoint_in_process(tiny):
+    from mmengine.config import Config
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from bdd100k_ins_seg.checkpoint import check_checkpoint
+    root, config, good, bad, expected = tiny
+    cfg = Config.fromfile(config)
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint(cfg, bad)
+    assert str(err.value) == (f'does not fit the model of the config: '
+                              f'{expected} (--non-strict loads the matching '
+                              'part)')
+    check_checkpoint(cfg, bad, strict=False)  # readable: accepted
+    check_checkpoint(cfg, good)
+    # the runner's load that follows gets the checked object, not a re-read
+    from bdd100k_ins_seg import checkpoint as module
+    [checked] = module._PRELOADED.values()
+    assert CheckpointLoader.load_checkpoint(good, 'cpu') is checked
+    assert not module._PRELOADED
+    assert CheckpointLoader.load_checkpoint(good, 'cpu') is not checked
+    text = root / 'notes.pth'
+    text.write_text('not a checkpoint\n')
+    with pytest.raises(CheckpointError, match='notes.pth'):
+        check_checkpoint(cfg, str(text))
+
+
+def test_scripts_fail_in_one_line(tiny, capsys, monkeypatch):
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+    root, config, good, bad, expected = tiny
+    monkeypatch.setattr('sys.argv', ['test.py'])
+    cfg = Config.fromfile(config)
+    text = root / 'notes.pth'
+    text.write_text('not a checkpoint\n')
+    for path, line in (
+            (str(text), f'test.py: error: cannot load checkpoint: '
+             f'checkpoint {text} is not a torch checkpoint (a text file)'),
+            (bad, f'test.py: error: checkpoint {bad}: does not fit the model '
+             f'of the config: {expected} (--non-strict loads the matching '
+             'part)')):
+        with pytest.raises(SystemExit) as exit_info:
+            check_checkpoint_or_fail(cfg, path)
+        assert exit_info.value.code == 1
+        assert capsys.readouterr().err == line + '\n'
+
+
+def _script(name, args, cwd):
+    import subprocess
+    import sys
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=repo)
+    return subprocess.run([sys.executable, osp.join(repo, name)] + args,
+                          cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line_error(proc, script, *fragments):
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # (after library warnings)
+    assert last.startswith(f'{script}: error: '), proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in last
+    # stopped before the runner: no environment dump, no log
+    assert 'System environment' not in proc.stdout + proc.stderr
+
+
+def test_test_py_refuses_foreign_weights_before_the_runner(tiny, tmp_path):
+    # (an unreadable file: test_check_checkpoint_in_process)
+    root, config, good, bad, expected = tiny
+    args = ['--format-only', '--format-dir', 'out', '--work-dir', 'wd']
+    _one_line_error(_script('test.py', [config, bad] + args, tmp_path),
+                    'test.py', f'checkpoint {bad}: does not fit the model',
+                    expected, '--non-strict')
+    assert os.listdir(tmp_path) == []  # nothing written
+    proc = _script('test.py', [config, bad, '--non-strict'] + args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(os.listdir(tmp_path / 'out' / 'bitmasks')) == 2
+
+
+def test_train_py_load_from_is_strict(tiny, tmp_path):
+    root, config, good, bad, expected = tiny
+    options = ['--work-dir', 'wd', '--cfg-options', f'load_from={bad}']
+    _one_line_error(_script('train.py', [config] + options, tmp_path),
+                    'train.py', expected)
+    assert os.listdir(tmp_path) == []
+    proc = _script('train.py', [config, '--non-strict'] + options, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert osp.isfile(tmp_path / 'wd' / 'iter_1.pth')
+
+
+@pytest.mark.parametrize('name', ['mask_rcnn_r50_fpn_dconv_1x',
+                                  'mask_rcnn_hrnetv2p_w18_1x'])
+def test_pre_flight_model_matches_the_built_model(name):
+    """The check builds the model on torch's 'meta' device (no weights
+    allocated); its keys and shapes are those of the model the runner
+    builds, whose layout the published weights have (test_configs.py)."""
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+
+    from bdd100k_ins_seg.checkpoint import (compare_state_dicts,
+                                            model_state_shapes)
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = Config.fromfile(osp.join(repo, 'configs', 'ins_seg',
+                                   f'{name}_ins_seg_bdd100k.py'))
+    cfg.model.backbone.init_cfg = None
+    expected = model_state_shapes(cfg.model)
+    assert any(t.is_meta for t in expected.values())
+    built = MODELS.build(cfg.model).state_dict()
+    assert list(expected) == list(built)
+    assert compare_state_dicts(expected, built) == ([], [], [])
 
 
 @pytest.mark.parametrize('content, why', [

@@ -261,7 +261,7 @@ def test_interrupted_rewrite_leaves_no_stale_score_file(scenes, tmp_path,
                                                         monkeypatch):
     """Rewriting an output folder: if the run dies while writing PNGs, the
     old score.json must not stay beside the new masks looking complete."""
-    import bdd100k_ins_seg.evaluation as evaluation
+    import bdd100k_ins_seg.writer as evaluation
     root, items = scenes
     out_dir = tmp_path / 'pred'
     run_metric([data_sample(s) for s in items], osp.join(root, 'gt'),
@@ -270,11 +270,11 @@ def test_interrupted_rewrite_leaves_no_stale_score_file(scenes, tmp_path,
     written = []
     real_write = evaluation.atomic_write
 
-    def dying_write(path, data):
+    def dying_write(path, data, **kwargs):
         if len(written) == 2:
             raise KeyboardInterrupt
         written.append(path)
-        real_write(path, data)
+        real_write(path, data, **kwargs)
 
     monkeypatch.setattr(evaluation, 'atomic_write', dying_write)
     with pytest.raises(KeyboardInterrupt):

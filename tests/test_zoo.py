@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -99,6 +100,88 @@ def test_catalogue_holds_the_published_table():
         assert entry.ms_train == (ms_in_table and not cascade_3x)
         assert entry.metadata.get('MS-train in original table',
                                   entry.ms_train) == ms_in_table
+
+
+# --- the published links, against the original table -----------------------
+
+# The original table (shared/reference/original-model-zoo.md beside the
+# checkout, or beside a folder above it, as for a git worktree) and a
+# verbatim copy of its 26 result rows kept with the tests, so that a checkout
+# without it still checks every link; the copy is compared with the original
+# wherever the original is present.
+_REFERENCE = Path('shared', 'reference', 'original-model-zoo.md')
+SHARED_TABLE = next((folder / _REFERENCE for folder in REPO.parents
+                     if (folder / _REFERENCE).is_file()),
+                    REPO.parent / _REFERENCE)
+ROWS_COPY = REPO / 'tests' / 'data' / 'original_zoo_rows.md'
+_ROW_CONFIG = re.compile(r'\(\./configs/ins_seg/(\w+)\.py\)')
+_LINK = re.compile(
+    r'\[(scores|model|MD5|preds|visuals)\]\((https?://[^)\s]+)\)')
+# Link texts of a row in table order -> artefact kinds (the first "scores"
+# is val, the second test).
+_ROW_KINDS = ('scores-val', 'scores-test', 'weights', 'md5', 'preds',
+              'visuals')
+
+
+def _result_rows(text, config_prefix='./'):
+    return [line for line in text.splitlines() if line.startswith('| ')
+            and f']({config_prefix}configs/ins_seg/' in line]
+
+
+def _row_links(row):
+    texts, urls = zip(*_LINK.findall(row))
+    assert texts == ('scores', 'scores', 'model', 'MD5', 'preds',
+                     'visuals'), row
+    return dict(zip(_ROW_KINDS, urls))
+
+
+def _original_links():
+    rows = _result_rows(ROWS_COPY.read_text(encoding='utf-8'))
+    assert len(rows) == 26
+    return {_ROW_CONFIG.search(row).group(1): _row_links(row)
+            for row in rows}
+
+
+def test_committed_rows_are_the_original_table_verbatim():
+    if not SHARED_TABLE.is_file():
+        pytest.skip(f'the original table is not beside this checkout '
+                    f'({SHARED_TABLE}); the links are checked against '
+                    f'{ROWS_COPY.relative_to(REPO)} only')
+    original = _result_rows(SHARED_TABLE.read_text(encoding='utf-8'))
+    assert original == _result_rows(ROWS_COPY.read_text(encoding='utf-8'))
+
+
+def test_every_published_link_equals_the_original_table():
+    """26 models x 6 links, in the metafile (as written) and in the README
+    tables (as linked), equal the original table's."""
+    original = _original_links()
+    with open(zoo.METAFILE, encoding='utf-8') as f:
+        models = yaml.safe_load(f)['Models']
+    assert [m['Name'] for m in models] == list(original)
+    for model in models:
+        for kind, url in original[model['Name']].items():
+            assert model[zoo.ARTEFACTS[kind][2]] == url, (model['Name'], kind)
+    readme = (REPO / 'README.md').read_text(encoding='utf-8')
+    rows = _result_rows(readme, config_prefix='')
+    linked = {_ROW_CONFIG.search('(./' + row.split('](', 1)[1].split(
+        ')', 1)[0] + ')').group(1): _row_links(row) for row in rows}
+    assert linked == original
+    # And the layout the code derives them from agrees.
+    for name, links in original.items():
+        assert links == {k: zoo.published_url(k, name) for k in _ROW_KINDS}
+
+
+def test_metafile_url_off_the_layout_is_refused(tmp_path):
+    text = zoo.METAFILE.read_text(encoding='utf-8')
+    bad = tmp_path / 'metafile.yml'
+    bad.write_text(text.replace('/scores-test/mask_rcnn_r50_fpn_3x_',
+                                '/scores_test/mask_rcnn_r50_fpn_3x_', 1))
+    with pytest.raises(zoo.ZooError) as error:
+        zoo.load_catalogue(bad)
+    message = str(error.value)
+    assert "'mask_rcnn_r50_fpn_3x_ins_seg_bdd100k': Scores test is " \
+        'https://dl.cv.ethz.ch/bdd100k/ins_seg/scores_test/' in message
+    assert '\n' not in message
 
 
 def test_model_index_imports_the_metafile():

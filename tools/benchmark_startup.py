@@ -35,7 +35,8 @@ def parse_args():
 
 def entry_points(root):
     found = [n for n in os.listdir(root)
-             if n.endswith('.py') and n not in ('setup.py', 'conftest.py')]
+             if n.endswith('.py') and not n.startswith('_')
+             and n not in ('setup.py', 'conftest.py')]
     found += [osp.join('tools', n) for n in os.listdir(osp.join(root, 'tools'))
               if n.endswith(('.py', '.sh')) and not n.startswith('_')]
     return sorted(found)

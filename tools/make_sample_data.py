@@ -27,7 +27,12 @@ def parse_args(argv=None):
                         help='image height (default 192)')
     parser.add_argument('--nproc', type=int, default=2,
                         help='processes for the COCO conversion (default 2)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for split in ('train', 'val'):  # labeled splits get a COCO json
+        if getattr(args, f'num_{split}') < 1:
+            parser.error(f'--num-{split}: must be at least 1 (a labeled '
+                         'split needs images for its COCO json)')
+    return args
 
 
 def main(argv=None):

@@ -1,15 +1,21 @@
 """The BDD100K model zoo from the command line.
 
   python tools/model_zoo.py list [--params]       the 26 models (+ built sizes)
-  python tools/model_zoo.py download NAME [...]   fetch + MD5-check weights
-  python tools/model_zoo.py verify [NAME ...]     re-check downloaded weights
+  python tools/model_zoo.py download NAME [...] [--what KINDS]
+                                                  fetch + check published files
+  python tools/model_zoo.py verify [NAME ...]     re-check downloaded files
+  python tools/model_zoo.py compare NAME [RESULT.json] [--split val|test]
+                                    [--fail-above X]   ours vs published
   python tools/model_zoo.py readme [--check]      regenerate / check README
 
 NAME is a model name as `list` prints it (with or without the
-`_ins_seg_bdd100k` suffix). Weights go to ~/.cache/bdd100k_ins_seg/checkpoints
-(or $BDD100K_INS_SEG_CACHE); $BDD100K_INS_SEG_MIRROR replaces the download
-host with a mirror URL or a local folder. The catalogue is
-configs/ins_seg/metafile.yml.
+`_ins_seg_bdd100k` suffix). KINDS: weights (default), scores-val,
+scores-test, preds, visuals, comma-separated, or all. Files go to
+~/.cache/bdd100k_ins_seg/checkpoints (or $BDD100K_INS_SEG_CACHE);
+$BDD100K_INS_SEG_MIRROR replaces the download host with a mirror URL or a
+local folder in the host's layout (models/, scores-val/, ...). RESULT.json
+is the official evaluator's --out-file (also written by test.py --eval
+--out-file). The catalogue is configs/ins_seg/metafile.yml.
 """
 import argparse
 import sys
@@ -51,26 +57,57 @@ def cmd_list(args):
 
 
 def cmd_download(args):
+    kinds = zoo.parse_kinds(args.what)
     for name in args.names:
-        print(zoo.download(name, progress=not args.quiet))
+        entry = zoo.get_entry(name)
+        for kind in kinds:
+            print(zoo.fetch(entry.name, kind, progress=not args.quiet),
+                  flush=True)
+            if kind == 'preds':
+                folder = zoo.predictions_dir(entry)
+                for score_file, bitmasks, count in \
+                        zoo.local_prediction_sets(folder):
+                    print(f'  {count} bitmasks in {bitmasks}, scores in '
+                          f'{score_file}')
     return 0
 
 
 def cmd_verify(args):
     catalogue = zoo.load_catalogue()
     names = args.names or list(catalogue)
+    kinds = zoo.parse_kinds(args.what) if args.what else zoo.KINDS
     failed = 0
     checked = 0
     for name in names:
-        status, message = zoo.verify(name)
-        if status == 'missing' and not args.names:
-            continue  # without names: check what has been downloaded
-        checked += 1
-        print(message)
-        failed += status != 'ok'
+        found = 0
+        for kind in kinds:
+            status, message = zoo.verify(name, kind)
+            if status == 'missing' and not args.what:
+                continue  # without --what: check what has been downloaded
+            found += 1
+            print(message)
+            failed += status != 'ok'
+        if args.names and not found:
+            # A named model of which nothing was downloaded.
+            status, message = zoo.verify(name)
+            print(message)
+            failed += 1
+        checked += found
     if not args.names and not checked:
-        print(f'no downloaded weights in {zoo.cache_dir()}')
+        print(f'nothing downloaded in {zoo.cache_dir()}')
     return 1 if failed else 0
+
+
+def cmd_compare(args):
+    from bdd100k_ins_seg import compare
+    try:
+        outcome = compare.run(args.name, args.result, split=args.split,
+                              fail_above=args.fail_above,
+                              progress=not args.quiet)
+    except compare.ResultFormatError as e:
+        raise zoo.ZooError(str(e)) from None
+    print(outcome.text)
+    return outcome.status
 
 
 def cmd_readme(args):
@@ -105,14 +142,34 @@ def parse_args(argv=None):
     p.add_argument('--params', action='store_true',
                    help='build every model and print its parameter count')
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser('download', help='download and verify weights')
+    p = sub.add_parser('download',
+                       help='download and check published files')
     p.add_argument('names', nargs='+', metavar='NAME')
+    p.add_argument('--what', default='weights', metavar='KINDS',
+                   help='comma-separated: weights, scores-val, scores-test, '
+                   'preds (also extracted next to the zip), visuals; or all '
+                   '(default: weights)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.set_defaults(func=cmd_download)
-    p = sub.add_parser('verify', help='check downloaded weights (MD5)')
+    p = sub.add_parser('verify', help='check downloaded files again')
     p.add_argument('names', nargs='*', metavar='NAME',
                    help='default: every downloaded model')
+    p.add_argument('--what', metavar='KINDS',
+                   help='these kinds only, a missing one is an error '
+                   '(default: every kind that was downloaded)')
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser('compare',
+                       help='a result file against the published scores')
+    p.add_argument('name', metavar='NAME')
+    p.add_argument('result', nargs='?', metavar='RESULT.json',
+                   help='the evaluator\'s --out-file (without it: the '
+                   'published per-class table)')
+    p.add_argument('--split', choices=['val', 'test'], default='val',
+                   help='published scores of this split (default val)')
+    p.add_argument('--fail-above', type=float, metavar='X',
+                   help='exit 1 when some |delta AP| exceeds X')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser('readme', help='regenerate the README model table')
     p.add_argument('--check', action='store_true',
                    help='only check it; exit 1 when it is out of date')

@@ -1,51 +1,39 @@
 """Compiled-op provider for mmcv-lite.
 
-:func:`install` must run before ``mmcv.ops`` is first imported; importing
-``bdd100k_ins_seg`` does it. If a real compiled ``mmcv._ext`` is importable it
-is used and nothing is installed.
+The installed distribution registers a finder at interpreter start (see
+``_bdd100k_ins_seg_hook``) that supplies :mod:`.torchvision_ext` as
+``mmcv._ext`` whenever mmcv's compiled extension is absent, so ``import
+mmcv.ops`` works in any order. :func:`install` registers the same finder for
+a source checkout that is only on ``PYTHONPATH``; importing
+``bdd100k_ins_seg`` calls it. A real compiled ``mmcv._ext`` always wins.
 """
-import importlib.util
+import importlib
 import sys
 
-_BACKEND = None
-
-
-def _real_ext_available():
-    if 'mmcv._ext' in sys.modules:
-        return getattr(sys.modules['mmcv._ext'], 'backend', None) != \
-            'torchvision'
-    try:
-        return importlib.util.find_spec('mmcv._ext') is not None
-    except (ImportError, ValueError):
-        return False
+import _bdd100k_ins_seg_hook as _hook
 
 
 def install():
     """Make ``import mmcv.ops`` work; return the active backend name.
 
     Returns ``'mmcv'`` when mmcv's own compiled extension is present, else
-    ``'torchvision'`` after registering the torchvision-backed stand-in.
+    ``'torchvision'`` (the stand-in). Idempotent.
     """
-    global _BACKEND
-    if _BACKEND is not None:
-        return _BACKEND
-    if _real_ext_available():
-        _BACKEND = 'mmcv'
-        return _BACKEND
-    if 'mmcv.ops' in sys.modules:
-        raise ImportError(
-            'mmcv.ops was imported before bdd100k_ins_seg could install its '
-            'torchvision-backed ops; import bdd100k_ins_seg first')
-    import mmcv
-
-    from .torchvision_ext import make_module
-    module = make_module()
-    sys.modules['mmcv._ext'] = module
-    mmcv._ext = module
-    _BACKEND = 'torchvision'
-    return _BACKEND
+    _hook.install()
+    ext = importlib.import_module(_hook.MODULE)
+    if getattr(ext, 'backend', None) == 'torchvision':
+        # One module object under both names, so its classes (e.g.
+        # UnavailableOpError) are the same whichever name imported them.
+        sys.modules[__name__ + '.torchvision_ext'] = ext
+        globals()['torchvision_ext'] = ext
+    return ops_backend()
 
 
 def ops_backend():
-    """'mmcv' (compiled mmcv ops), 'torchvision' (this provider) or None."""
-    return _BACKEND
+    """'mmcv' (compiled mmcv ops), 'torchvision' (the stand-in) or None
+    (``mmcv._ext`` not imported yet)."""
+    ext = sys.modules.get(_hook.MODULE)
+    if ext is None:
+        return None
+    return 'torchvision' if getattr(ext, 'backend', None) == 'torchvision' \
+        else 'mmcv'

@@ -2,11 +2,15 @@
 
 ``mmcv-lite`` ships mmcv's Python code without the compiled extension, and
 ``mmcv.ops`` loads every op eagerly, so ``mmdet.models`` cannot be imported
-without *some* ``mmcv._ext``. The zoo needs only five kernels, all of which
-torchvision provides for CPU and CUDA tensors:
+without *some* ``mmcv._ext``. This file is that module: the start-up hook
+(``_bdd100k_ins_seg_hook``) loads it as ``mmcv._ext`` when mmcv's own
+extension is absent, so it must import nothing but torch and torchvision.
+
+Provided, with mmcv's semantics (CPU and CUDA tensors unless noted):
 
 * ``roi_align_forward`` / ``roi_align_backward`` (avg pooling),
 * ``nms`` (and therefore mmcv's ``batched_nms``),
+* ``softnms`` (linear, gaussian and naive; CPU, as in mmcv),
 * ``deform_conv_forward`` / ``deform_conv_backward_input`` /
   ``deform_conv_backward_parameters`` (``DCN``),
 * ``modulated_deform_conv_forward`` / ``modulated_deform_conv_backward``
@@ -18,16 +22,13 @@ to a function that raises :class:`UnavailableOpError` when called, so
 importing works and only a model that really needs another op fails, with a
 message that names the op.
 """
-import importlib.abc
-import importlib.machinery
-import types
-
 import torch
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 from torchvision.ops import nms as tv_nms
 from torchvision.ops import roi_align as tv_roi_align
 
 MODULE_NAME = 'mmcv._ext'
+backend = 'torchvision'
 
 
 class UnavailableOpError(NotImplementedError):
@@ -129,6 +130,91 @@ def nms(bboxes, scores, *, iou_threshold, offset):
     return _call(tv_nms, bboxes, scores, float(iou_threshold))
 
 
+def softnms(boxes, scores, dets, *, iou_threshold, sigma, min_score, method,
+            offset):
+    """mmcv ``softnms`` (Soft-NMS, Bodla et al. 2017) with mmcv's CPU
+    kernel's order of operations.
+
+    Args:
+        boxes: (N, 4) x1, y1, x2, y2. scores: (N, ).
+        dets: (N, 5) output; row k gets the k-th selected box and its score
+            as decayed when it was selected.
+        method: 0 naive (drop IoU >= iou_threshold), 1 linear (scale by
+            1 - IoU where IoU >= iou_threshold), 2 gaussian (scale by
+            exp(-IoU^2 / sigma)).
+        min_score: a box whose decayed score falls below it is dropped.
+        offset: 0, or 1 for the legacy "+1" box width.
+
+    Returns:
+        (K, ) int64 indices into ``boxes`` in selection order.
+
+    Each step selects the highest score among the boxes left (the first one
+    in the working order on ties), decays the others against it and drops
+    those below ``min_score`` by moving the last box into their place, as
+    mmcv does; the decay is vectorised over the boxes left, and the
+    dropping is the same permutation done at once.
+    """
+    n = boxes.size(0)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    dtype = boxes.dtype if boxes.dtype == torch.float64 else torch.float32
+    work = torch.cat([boxes.detach().cpu().to(dtype),
+                      scores.detach().cpu().to(dtype)[:, None]], dim=1)
+    areas = (work[:, 2] - work[:, 0] + offset) * (work[:, 3] - work[:, 1] +
+                                                  offset)
+    inds = torch.arange(n)
+    iou_threshold = torch.tensor(iou_threshold, dtype=dtype)
+    sigma = torch.tensor(sigma, dtype=dtype)
+    min_score = torch.tensor(min_score, dtype=dtype)
+    out = torch.empty_like(work)
+    count, i = n, 0
+    while i < count:
+        top = i + int(torch.argmax(work[i:count, 4]))
+        if top != i:
+            swap = torch.tensor([top, i])
+            pair = torch.tensor([i, top])
+            work[pair] = work[swap]
+            areas[pair] = areas[swap]
+            inds[pair] = inds[swap]
+        out[i] = work[i]
+        rest = work[i + 1:count]
+        if len(rest):
+            x1, y1, x2, y2 = work[i, :4]
+            w = (torch.minimum(x2, rest[:, 2]) - torch.maximum(x1, rest[:, 0])
+                 + offset).clamp(min=0)
+            h = (torch.minimum(y2, rest[:, 3]) - torch.maximum(y1, rest[:, 1])
+                 + offset).clamp(min=0)
+            inter = w * h
+            ovr = inter / (areas[i] + areas[i + 1:count] - inter)
+            if method == 0:
+                weight = torch.where(ovr >= iou_threshold, 0.0, 1.0).to(dtype)
+            elif method == 1:
+                weight = torch.where(ovr >= iou_threshold, 1 - ovr,
+                                     torch.ones_like(ovr))
+            else:
+                weight = torch.exp(-(ovr * ovr) / sigma)
+            rest[:, 4] *= weight
+            keep = rest[:, 4] >= min_score
+            kept = int(keep.sum())
+            if kept < len(rest):
+                # mmcv moves the last box into each dropped slot, scanning
+                # forwards: the dropped slots among the first `kept` get the
+                # boxes kept behind them, last one first.
+                order = torch.arange(kept)
+                holes = (~keep[:kept]).nonzero().flatten()
+                donors = keep[kept:].nonzero().flatten().flip(0) + kept
+                order[holes] = donors
+                order += i + 1
+                stop = i + 1 + kept
+                work[i + 1:stop] = work[order]
+                areas[i + 1:stop] = areas[order]
+                inds[i + 1:stop] = inds[order]
+                count = stop
+        i += 1
+    dets[:count].copy_(out[:count])
+    return inds[:count]
+
+
 # --------------------------------------------------------------------------
 # Deformable convolution (DCN, no bias) and modulated (DCNv2)
 # --------------------------------------------------------------------------
@@ -150,9 +236,50 @@ def deform_conv_forward(input, weight, offset, output, columns, ones, *, kW,
     output.copy_(out)
 
 
+def sampled_inside(offset, height, width, kernel, stride, padding,
+                   dilation):
+    """Which sampling points of a deform conv lie inside (-1, H) x (-1, W).
+
+    Args:
+        offset: (N, 2 * G * kh * kw, Ho, Wo), mmcv's layout: for deform group
+            g and tap (i, j), channel ``2 * (g * kh * kw + i * kw + j)`` is
+            the row offset and the next one the column offset.
+        height, width: the input's spatial size.
+        kernel, stride, padding, dilation: (h, w) pairs.
+
+    Returns:
+        bool tensor shaped like ``offset``: True for both channels of a point
+        whose position ``(oy * stride - pad + i * dilation + dy, ...)``,
+        computed in the offset's dtype as mmcv's kernels do, is inside.
+    """
+    n, channels, out_h, out_w = offset.shape
+    kh, kw = kernel
+    taps = kh * kw
+    off = offset.view(n, channels // (2 * taps), taps, 2, out_h, out_w)
+    dev = offset.device
+    base_y = (torch.arange(out_h, device=dev) * stride[0] - padding[0]).view(
+        1, out_h, 1) + (torch.arange(kh, device=dev) * dilation[0]
+                        ).repeat_interleave(kw).view(taps, 1, 1)
+    base_x = (torch.arange(out_w, device=dev) * stride[1] - padding[1]).view(
+        1, 1, out_w) + (torch.arange(kw, device=dev) * dilation[1]
+                        ).repeat(kh).view(taps, 1, 1)
+    y = off[:, :, :, 0] + base_y.to(offset.dtype)
+    x = off[:, :, :, 1] + base_x.to(offset.dtype)
+    inside = (y > -1) & (y < height) & (x > -1) & (x < width)
+    return inside.unsqueeze(3).expand_as(off).reshape(offset.shape)
+
+
 def _deform_backward(grad_output, input, weight, offset, mask, bias, stride,
                      padding, dilation, group, deformable_group):
-    """All gradients of torchvision's deform conv in one call.
+    """All gradients of the deform conv, with mmcv's rules.
+
+    torchvision's kernels give mmcv's forward and input, weight, bias and
+    mask gradients. Its offset gradient differs where a sampling point lies
+    on the border of the valid region (a coordinate exactly -1, e.g. every
+    first-row/column tap of a zero offset with padding 1): mmcv's
+    ``get_coordinate_weight`` returns 0 for any point outside
+    (-1, H) x (-1, W), torchvision still differentiates the bilinear weight
+    of the one valid neighbour. Those entries are zeroed here.
 
     Returns (grad_input, grad_weight, grad_offset, grad_mask, grad_bias).
     """
@@ -161,10 +288,16 @@ def _deform_backward(grad_output, input, weight, offset, mask, bias, stride,
         mask = input.new_zeros(input.size(0), 1)
     if bias is None or bias.numel() == 0:
         bias = input.new_zeros(weight.size(0))
-    return _call(torch.ops.torchvision._deform_conv2d_backward, grad_output,
-                 input, weight, offset, mask, bias, stride[0], stride[1],
-                 padding[0], padding[1], dilation[0], dilation[1], group,
-                 deformable_group, use_mask)
+    g_in, g_w, g_off, g_mask, g_b = _call(
+        torch.ops.torchvision._deform_conv2d_backward, grad_output, input,
+        weight, offset, mask, bias, stride[0], stride[1], padding[0],
+        padding[1], dilation[0], dilation[1], group, deformable_group,
+        use_mask)
+    inside = sampled_inside(offset, input.size(2), input.size(3),
+                            tuple(weight.shape[2:]), stride, padding,
+                            dilation)
+    g_off = g_off.masked_fill(~inside, 0)
+    return g_in, g_w, g_off, g_mask, g_b
 
 
 def deform_conv_backward_input(input, offset, grad_output, grad_input,
@@ -227,6 +360,7 @@ IMPLEMENTED = {
     'roi_align_forward': roi_align_forward,
     'roi_align_backward': roi_align_backward,
     'nms': nms,
+    'softnms': softnms,
     'deform_conv_forward': deform_conv_forward,
     'deform_conv_backward_input': deform_conv_backward_input,
     'deform_conv_backward_parameters': deform_conv_backward_parameters,
@@ -235,34 +369,10 @@ IMPLEMENTED = {
 }
 
 
-class _ExtModule(types.ModuleType):
-    """Module whose unknown attributes are ops that fail when called."""
-
-    def __getattr__(self, name):
-        if name.startswith('__'):
-            raise AttributeError(name)
-        op = _unavailable(name)
-        setattr(self, name, op)
-        return op
-
-
-class _ProviderLoader(importlib.abc.Loader):
-    """Loader of the stand-in, so ``importlib``/``pkgutil`` look-ups of
-    ``mmcv._ext`` (mmengine's ``mmcv_full_available``) find it."""
-
-    def create_module(self, spec):
-        return make_module()
-
-    def exec_module(self, module):
-        pass
-
-
-def make_module():
-    module = _ExtModule(MODULE_NAME, __doc__)
-    module.__file__ = __file__
-    module.__spec__ = importlib.machinery.ModuleSpec(
-        MODULE_NAME, _ProviderLoader(), origin=__file__)
-    module.backend = 'torchvision'
-    for name, fn in IMPLEMENTED.items():
-        setattr(module, name, fn)
-    return module
+def __getattr__(name):
+    """Ops this module lacks resolve to functions that raise when called."""
+    if name.startswith('__'):
+        raise AttributeError(name)
+    op = _unavailable(name)
+    globals()[name] = op
+    return op

@@ -1,0 +1,271 @@
+"""test.py's checks before inference, its run manifest and resumption.
+
+Before any image is inferred (every rank runs the same checks on the same
+files, so all ranks stop within seconds of each other):
+
+- every image of the run exists, is readable and starts like an image file
+  (its header names a known format: PIL reads the first bytes only). Pixel
+  data are decoded only when the data loader reads the image; a file that
+  fails to decode then stops the run with a one-line error naming it;
+- with ``--eval``, the GT folder holds ``<stem>.png`` for every image;
+- the output folder exists or can be created, and a file can be written in
+  it (a probe file, removed at once);
+- ``--format-dir OUT`` holds no interrupted run unless ``--resume`` is
+  given, and a run manifest (``OUT/.run.json``: config, checkpoint and image
+  list fingerprints) of another config, checkpoint or image set refuses the
+  folder.
+
+With ``--resume`` the images whose PNG and score line are complete
+(:func:`bdd100k_ins_seg.writer.read_journals`, or a complete ``score.json``)
+are left out of the dataset, and the metric adds the new ones to them.
+"""
+import hashlib
+import json
+import os
+import os.path as osp
+import signal
+import tempfile
+from typing import Dict, List, Optional, Sequence, Set
+
+from .bitmask import atomic_write, bitmask_name, frame_name
+from .writer import PARTS_DIR, read_journals, read_score_file
+
+MANIFEST = '.run.json'
+#: What must match for a folder to be resumed, with the words of the error.
+_IDENTITY = (('config', 'config'), ('checkpoint', 'checkpoint'),
+             ('images', 'image list'))
+
+
+class PreflightError(ValueError):
+    """A check before inference failed: ``what`` is wrong, and ``why``."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f'{what}: {why}')
+        self.what, self.why = what, ' '.join(str(why).split())
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler's preemption, ``kill``)."""
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in the main thread, so the
+    finished images are flushed before the process exits."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one kills
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handler)
+
+
+def dataset_image_paths(dataset_cfg) -> List[str]:
+    """The image paths of the test dataset, in dataset order."""
+    import copy
+
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    cfg = copy.deepcopy(dataset_cfg)
+    cfg.pop('indices', None)
+    cfg['pipeline'] = []
+    cfg['lazy_init'] = False
+    try:
+        dataset = DATASETS.build(cfg)
+    except (OSError, ValueError, KeyError) as e:  # unreadable list / image
+        raise PreflightError('test images', str(e)) from None
+    return [dataset.get_data_info(i)['img_path']
+            for i in range(len(dataset))]
+
+
+def check_images(paths: Sequence[str]) -> None:
+    """Each file exists, can be read and has a known image header."""
+    from PIL import Image, UnidentifiedImageError
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018  (the header is parsed)
+        except FileNotFoundError:
+            raise PreflightError(f'image {path}', 'not found') from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            why = ('not an image file' if isinstance(
+                e, UnidentifiedImageError) else str(e) or type(e).__name__)
+            raise PreflightError(f'image {path}',
+                                 f'cannot be read: {why}') from None
+
+
+def check_gt(gt_dir: str, paths: Sequence[str]) -> None:
+    """Every image has its GT bitmask ``<stem>.png`` in ``gt_dir``."""
+    if not osp.isdir(gt_dir):
+        raise PreflightError(f'GT bitmask folder {gt_dir}', 'not found')
+    have = set(os.listdir(gt_dir))
+    missing = [bitmask_name(p) for p in paths if bitmask_name(p) not in have]
+    if missing:
+        raise PreflightError(
+            f'GT bitmask folder {gt_dir}', f'no bitmask for {len(missing)} '
+            f'of the {len(paths)} images, e.g. {missing[0]}')
+
+
+def check_output_dir(out_dir: str) -> None:
+    """``out_dir`` is a folder, or can be made, and is writable."""
+    probe_in = osp.abspath(out_dir)
+    while not osp.exists(probe_in):
+        parent = osp.dirname(probe_in)
+        if parent == probe_in:
+            break
+        probe_in = parent
+    if not osp.isdir(probe_in):
+        raise PreflightError(f'output folder {out_dir}', 'cannot be '
+                             f'created: {probe_in} is not a folder')
+    try:
+        with tempfile.TemporaryFile(dir=probe_in):
+            pass
+    except OSError as e:
+        where = ('is not writable' if probe_in == osp.abspath(out_dir)
+                 else f'cannot be created in {probe_in}')
+        raise PreflightError(f'output folder {out_dir}',
+                             f'{where}: {e.strerror or e}') from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_manifest(cfg, checkpoint: str, paths: Sequence[str],
+                  score_thr: float = 0.0) -> Dict:
+    """Fingerprints of what decides the outputs: the model (with its
+    test_cfg), the test pipeline and score threshold, the checkpoint's
+    bytes (or URL) and the image list."""
+    model = cfg.to_dict().get('model', {})
+    pipeline = cfg.to_dict().get('test_dataloader', {}).get(
+        'dataset', {}).get('pipeline')
+    config = json.dumps(dict(model=model, pipeline=pipeline,
+                             score_thr=score_thr),
+                        sort_keys=True, default=str)
+    if '://' in checkpoint:
+        ckpt = checkpoint
+    else:
+        ckpt = 'sha256:' + file_sha256(checkpoint)
+    names = '\n'.join(frame_name(p) for p in paths)
+    return dict(config=_sha256(config.encode()), checkpoint=ckpt,
+                images=_sha256(names.encode()), num_images=len(paths),
+                test_cfg=model.get('test_cfg'))
+
+
+def _read_manifest(out_dir: str) -> Optional[Dict]:
+    path = osp.join(out_dir, MANIFEST)
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except ValueError:
+        return None  # cut by a kill before its rename: cannot happen
+
+
+def _incomplete(out_dir: str) -> bool:
+    """A folder some run wrote into without finishing it."""
+    if not osp.isdir(out_dir) or osp.isfile(osp.join(out_dir, 'score.json')):
+        return False
+    bitmasks = osp.join(out_dir, 'bitmasks')
+    return (osp.isdir(osp.join(out_dir, PARTS_DIR))
+            or osp.isfile(osp.join(out_dir, MANIFEST))
+            or (osp.isdir(bitmasks) and bool(os.listdir(bitmasks))))
+
+
+def prepare_output(out_dir: str, manifest: Dict, resume: bool) -> Set[str]:
+    """Check ``out_dir`` against this run (nothing is written here).
+
+    Returns the frame names already complete there (empty unless
+    ``resume``). Raises :class:`PreflightError` for an interrupted folder
+    without ``resume``, or a folder of another config/checkpoint/images.
+    The metric writes ``manifest`` into the folder before its first image.
+    """
+    check_output_dir(out_dir)
+    done: Set[str] = set()
+    if resume:
+        old = _read_manifest(out_dir)
+        if old is not None:
+            for key, words in _IDENTITY:
+                if old.get(key) != manifest[key]:
+                    raise PreflightError(
+                        out_dir, f'holds predictions of another {words} '
+                        f'({old.get(key)} != {manifest[key]}); resume it '
+                        'with the same config, checkpoint and images, or '
+                        'use another --format-dir')
+            done.update(read_score_file(out_dir))
+            done.update(read_journals(out_dir))
+    elif _incomplete(out_dir):
+        raise PreflightError(
+            out_dir, 'holds an interrupted run: add --resume to continue '
+            'it, or remove the folder')
+    return done
+
+
+def write_manifest(out_dir: str, manifest: Dict) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write(osp.join(out_dir, MANIFEST),
+                 json.dumps(manifest, indent=1).encode('utf-8'), fsync=True)
+
+
+def preflight(cfg, checkpoint: str, gt_dir: Optional[str],
+              format_dir: Optional[str], resume: bool) -> Optional[Dict]:
+    """All of test.py's checks before the model is built (see the module
+    docstring). With ``format_dir``, leaves the complete images out of
+    ``cfg.test_dataloader.dataset`` (``indices``) and returns the run
+    manifest for the metric to record. Raises :class:`PreflightError`."""
+    dataset_cfg = cfg.test_dataloader.dataset
+    paths = dataset_image_paths(dataset_cfg)
+    if gt_dir is not None:
+        check_gt(gt_dir, paths)
+    if format_dir is None:
+        check_images(paths)
+        return None
+    score_thr = (cfg.get('test_evaluator') or {}).get('score_thr', 0.0)
+    manifest = make_manifest(cfg, checkpoint, paths, score_thr)
+    done = prepare_output(format_dir, manifest, resume)
+    todo = todo_indices(paths, done)
+    check_images([paths[i] for i in todo])
+    if resume:
+        print(f'resuming {format_dir}: {len(paths) - len(todo)} of '
+              f'{len(paths)} images done, {len(todo)} to infer', flush=True)
+    if not todo and paths:
+        # mmengine's loop needs one image: the first is inferred again
+        # (the same file) and the folder closed as usual.
+        todo = [0]
+    if done:
+        dataset_cfg.indices = todo
+    return manifest
+
+
+def todo_indices(paths: Sequence[str], done: Set[str]) -> List[int]:
+    """Dataset indices of the images still to infer."""
+    return [i for i, p in enumerate(paths) if frame_name(p) not in done]
+
+
+def one_line(error: BaseException) -> Optional[str]:
+    """A one-line message for a data error met during inference, or None.
+
+    A data-loader worker re-raises with the worker's whole traceback as the
+    message: its last line is the error itself.
+    """
+    text = str(error).strip()
+    if 'Original Traceback' in text:
+        text = text.splitlines()[-1]
+        text = text.split(': ', 1)[1] if ': ' in text else text
+    if isinstance(error, AssertionError) and 'load image' not in text:
+        return None
+    return text.replace('\n', ' ')
+
+
+__all__ = ['PreflightError', 'Terminated', 'raise_on_sigterm',
+           'dataset_image_paths', 'check_images', 'check_gt',
+           'check_output_dir', 'make_manifest', 'prepare_output',
+           'write_manifest', 'preflight',
+           'todo_indices', 'one_line', 'MANIFEST']

@@ -1,0 +1,214 @@
+"""Pasting masks only inside their boxes gives exactly the bitmask of mmdet's
+full-size paste followed by the writer: random cases and the zoo's heads."""
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config, ConfigDict
+
+import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet.models)
+from bdd100k_ins_seg.bitmask import encode_bitmask
+from bdd100k_ins_seg.paste import BoxMasks, enable_box_masks, paint
+from bdd100k_ins_seg.writer import render
+from test_configs import CONFIG_DIR, SUFFIX, build_model
+
+from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+
+
+def random_case(rng, n, height, width):
+    """Boxes of every kind: tiny, huge, on and over the borders, inside;
+    logits with exact zeros (probability exactly at the threshold) and ties
+    in the scores."""
+    kind = rng.integers(0, 6, n)
+    x1 = rng.uniform(-0.3 * width, width, n)
+    y1 = rng.uniform(-0.3 * height, height, n)
+    w = np.exp(rng.uniform(np.log(0.3), np.log(1.5 * width), n))
+    h = np.exp(rng.uniform(np.log(0.3), np.log(1.5 * height), n))
+    w[kind == 0] = rng.uniform(0.05, 2, (kind == 0).sum())  # tiny
+    h[kind == 0] = rng.uniform(0.05, 2, (kind == 0).sum())
+    x1[kind == 1], y1[kind == 1] = 0, 0  # on the top-left border
+    w[kind == 2] = width * rng.uniform(1, 3, (kind == 2).sum())  # huge
+    x1[kind == 2] = -w[kind == 2] / 4
+    x2 = x1 + w
+    y2 = y1 + h
+    x2[kind == 3], y2[kind == 3] = width, height  # to the far borders
+    # Inside the image or overlapping it (mmdet cannot paste a box that
+    # lies wholly outside: its window would be empty).
+    x1 = np.minimum(x1, width - 0.5)
+    y1 = np.minimum(y1, height - 0.5)
+    x2 = np.maximum(x2, np.maximum(x1, 0) + 0.05)
+    y2 = np.maximum(y2, np.maximum(y1, 0) + 0.05)
+    boxes = np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+    logits = rng.normal(0, 3, (n, 8, 28, 28)).astype(np.float32)
+    logits[rng.random((n, 8, 28, 28)) < 0.1] = 0.0  # sigmoid = 0.5 exactly
+    scores = rng.choice(rng.uniform(0.05, 1, max(n // 3, 1)), n)  # ties
+    labels = rng.integers(0, 8, n)
+    return boxes, logits, scores.astype(np.float32), labels
+
+
+def reference_and_ours(boxes, logits, scores, labels, height, width,
+                       scale=(1.0, 1.0), threshold=0.5):
+    head = FCNMaskHead(num_convs=0, in_channels=8, conv_out_channels=8,
+                       num_classes=8)
+    meta = dict(ori_shape=(height, width), scale_factor=scale)
+    cfg = ConfigDict(mask_thr_binary=threshold)
+    labels_t = torch.from_numpy(labels)
+    preds = torch.from_numpy(logits)
+    ref_boxes = torch.from_numpy(boxes.copy())
+    if len(boxes):
+        full = head._predict_by_feat_single(preds, ref_boxes, labels_t, meta,
+                                            cfg, rescale=True)
+    else:  # mmdet's predict_by_feat makes empty masks itself
+        full = torch.zeros((0, height, width), dtype=torch.bool)
+    reference, ref_labels = encode_bitmask(full, labels + 1, scores,
+                                           ref_boxes.numpy())
+    enable_box_masks(head)
+    box_masks = head._predict_by_feat_single(
+        preds, torch.from_numpy(boxes.copy()), labels_t, meta, cfg,
+        rescale=True)
+    assert isinstance(box_masks, BoxMasks)
+    ours, our_labels = render(box_masks, labels + 1, scores,
+                              image_size=(height, width))
+    assert our_labels == ref_labels
+    return reference, ours, full, box_masks
+
+
+@pytest.mark.parametrize('seed', range(40))
+def test_random_cases_identical_to_mmdet_paste_then_writer(seed):
+    rng = np.random.default_rng(seed)
+    n = [0, 1, 2, 300][seed] if seed < 4 else int(rng.integers(1, 120))
+    height, width = int(rng.integers(8, 90)), int(rng.integers(8, 130))
+    scale = (1.0, 1.0) if seed % 3 else tuple(rng.uniform(0.4, 2.5, 2))
+    case = random_case(rng, n, height, width)
+    # Boxes are in the network's input scale; mmdet divides them in place.
+    boxes = case[0] * np.tile(np.asarray(scale, np.float32), 2)
+    reference, ours, full, box_masks = reference_and_ours(
+        boxes, *case[1:], height, width, scale)
+    assert ours.shape == reference.shape == (height, width, 4)
+    assert ours.dtype == reference.dtype
+    np.testing.assert_array_equal(ours, reference)
+    if n:
+        # BoxMasks can also give mmdet's full masks (COCO AP, drawing).
+        assert torch.equal(box_masks.full(), full)
+        assert n < 10 or (reference[..., 3] > 0).any()
+
+
+def test_a_paste_off_by_one_pixel_is_caught(monkeypatch):
+    """The comparison above sees a one-pixel shift of the paste."""
+    import bdd100k_ins_seg.paste as paste
+    rng = np.random.default_rng(1)
+    case = random_case(rng, 30, 60, 80)
+    reference, ours, _, _ = reference_and_ours(*case, 60, 80)
+    assert (ours == reference).all()
+    real = paste._grids
+
+    def shifted(boxes, windows):
+        windows = windows.copy()
+        windows[:, [0, 2]] += 1  # sample one pixel to the right
+        return real(boxes, windows)
+
+    monkeypatch.setattr(paste, '_grids', shifted)
+    _, ours, _, _ = reference_and_ours(*case, 60, 80)
+    assert (ours != reference).any()
+
+
+def test_paint_orders_by_score_and_keeps_input_order_among_ties():
+    probs = torch.ones((3, 1, 28, 28))
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 15, 15], [8, 0, 20, 10]],
+                         dtype=torch.float32)
+    masks = BoxMasks(probs, boxes, (20, 20), 0.5)
+    ranks, order = paint(masks, [0.5, 0.9, 0.5])
+    assert order.tolist() == [1, 0, 2]
+    ranks = ranks.numpy()
+    assert ranks[7, 7] == 1  # the 0.9 box wins over the 0.5 one
+    assert ranks[2, 9] == 2  # the tie: the first instance wins
+    assert ranks[19, 19] == 0
+
+
+def test_boxes_wholly_outside_paint_nothing():
+    probs = torch.ones((2, 1, 28, 28))
+    boxes = torch.tensor([[30, 2, 40, 8], [-20, -20, -5, -5]],
+                         dtype=torch.float32)
+    ranks, _ = paint(BoxMasks(probs, boxes, (20, 20), 0.5), [0.5, 0.4])
+    assert not ranks.any()
+
+
+def test_box_masks_index_like_instance_data():
+    from mmengine.structures import InstanceData
+    probs = torch.rand((4, 1, 28, 28))
+    boxes = torch.rand((4, 4)) * 10
+    boxes[:, 2:] += 10
+    data = InstanceData(masks=BoxMasks(probs, boxes, (30, 30), 0.5),
+                        scores=torch.tensor([0.1, 0.9, 0.4, 0.6]))
+    kept = data[data.scores > 0.3]
+    assert len(kept.masks) == 3
+    assert torch.equal(kept.masks.probs, probs[1:])
+    assert kept.masks.shape == (3, 30, 30)
+
+
+FAMILIES = {
+    'Mask R-CNN': 'mask_rcnn_r50_fpn_1x',
+    'Cascade Mask R-CNN': 'cascade_mask_rcnn_r50_fpn_1x',
+    'HRNet': 'mask_rcnn_hrnetv2p_w18_1x',
+}
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_zoo_heads_give_identical_bitmasks(family):
+    """The family's real model (random weights, every detection kept, one
+    forward): for the mask head's actual inputs (Cascade: the average of
+    its stages), mmdet's full paste + the writer and the box paste agree."""
+    from mmdet.structures import DetDataSample
+    cfg = Config.fromfile(str(CONFIG_DIR / f'{FAMILIES[family]}{SUFFIX}.py'))
+    cfg.model.test_cfg.rcnn.score_thr = 0.0
+    cfg.model.test_cfg.rcnn.max_per_img = 100
+    cfg.model.test_cfg.rpn.update(nms_pre=400, max_per_img=150)  # speed
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.init_weights()
+    generator = torch.Generator().manual_seed(0)
+    height, width = 128, 192  # the network's input; the image is larger
+    ori = (180, 270)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
+                          generator=generator)
+    # BN statistics of this image: random weights without them blow the
+    # deep HRNet features up to infinities (no boxes at all).
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
+        module.train()  # also where the config sets norm_eval
+    with torch.no_grad():
+        model.extract_feat(model.data_preprocessor(
+            dict(inputs=[image]), False)['inputs'])
+    model.eval()
+    switched = enable_box_masks(model)
+    assert switched
+    calls = []
+    for name in switched:
+        head = model.get_submodule(name)
+        ours = head._predict_by_feat_single
+
+        def both(mask_preds, bboxes, *args, head=head, ours=ours, **kwargs):
+            full = FCNMaskHead._predict_by_feat_single(
+                head, mask_preds, bboxes.clone(), *args, **kwargs)
+            boxed = ours(mask_preds, bboxes, *args, **kwargs)
+            calls.append((full, bboxes, boxed))
+            return boxed
+
+        head._predict_by_feat_single = both
+    sample = DetDataSample(metainfo=dict(
+        img_id=0, img_shape=(height, width), ori_shape=ori,
+        scale_factor=(width / ori[1], height / ori[0])))
+    with torch.no_grad():
+        [result] = model.test_step(dict(inputs=[image], data_samples=[sample]))
+    pred = result.pred_instances
+    assert len(calls) == 1 and isinstance(pred.masks, BoxMasks)
+    full, bboxes, boxed = calls[0]
+    assert boxed is pred.masks and len(pred) > 20
+    reference, _ = encode_bitmask(full, pred.labels + 1, pred.scores,
+                                  pred.bboxes)
+    ours, _ = render(pred.masks, pred.labels + 1, pred.scores,
+                     image_size=ori)
+    assert reference[..., 3].any()
+    np.testing.assert_array_equal(ours, reference)
