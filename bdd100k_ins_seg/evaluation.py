@@ -71,7 +71,8 @@ class BDD100KInsSegMetric(BaseMetric):
         outfile_prefix: folder to keep the predictions in
             (``bitmasks/*.png`` + ``score.json``); a temporary folder if None.
         format_only: only write the predictions (e.g. the test split).
-        nproc: processes of the official evaluator.
+        nproc: evaluator processes (None: the CPU cores available, bounded;
+            see :func:`bdd100k_ins_seg.bitmask_eval.default_nproc`).
         score_thr: drop predictions scoring below this.
         coco_ann_file: a COCO json of the same images (``tools/to_coco.py``);
             when given, COCO box and mask AP (overlapping masks, pycocotools,
@@ -102,7 +103,7 @@ class BDD100KInsSegMetric(BaseMetric):
                  gt_dir: Optional[str] = None,
                  outfile_prefix: Optional[str] = None,
                  format_only: bool = False,
-                 nproc: int = 2,
+                 nproc: Optional[int] = None,
                  score_thr: float = 0.0,
                  coco_ann_file: Optional[str] = None,
                  workers: int = 2,
