@@ -29,6 +29,13 @@ MIN_MASK_AP = 30.0
 SEED = 0
 
 
+def fail(what, why):
+    """Stop with the entry points' one error format (exit status 1)."""
+    # bdd100k_ins_seg.cli.fail says the same, but importing the package
+    # loads the whole stack; the demo's own process stays light.
+    sys.exit(f'{osp.basename(__file__)}: error: {what}: {why}')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', default='data/bdd100k_sample',
@@ -58,8 +65,7 @@ def run(cmd, what, env=None):
     print('$ ' + ' '.join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
     if rc != 0:
-        sys.exit(f'demo: {what} failed (exit code {rc}); see the output '
-                 'above')
+        fail(what, f'failed (exit code {rc}); see the output above')
 
 
 def main(argv=None):
@@ -87,8 +93,8 @@ def main(argv=None):
             print('an older sample, generating it again')
             shutil.rmtree(args.data)
         elif osp.isdir(args.data) and os.listdir(args.data):
-            sys.exit(f'demo: {args.data} holds something else than the '
-                     'sample; move it away or pass --data')
+            fail(args.data, 'holds something else than the sample; move '
+                 'it away or pass --data')
         run([py, 'tools/make_sample_data.py', '--out', args.data,
              '--seed', str(SEED)], 'generating the sample')
         fresh_data = True
@@ -118,7 +124,7 @@ def main(argv=None):
              '--cfg-options', 'val_cfg=None', 'val_dataloader=None',
              'val_evaluator=None', train_data], 'training', env)
         if not osp.isfile(ckpt):
-            sys.exit(f'demo: training ended without {ckpt}')
+            fail('training', f'ended without {ckpt}')
     times['train'] = time.time() - t
 
     step('3/5 predicting the val split (BDD100K bitmasks + score.json)')
@@ -167,8 +173,8 @@ def main(argv=None):
     # an AP near 0, and the demo must not look like a success then.
     if mask_ap is None or mask_ap < MIN_MASK_AP:
         shown = 'missing' if mask_ap is None else f'{mask_ap:.1f}'
-        sys.exit(f'demo: val mask AP {shown} is below {MIN_MASK_AP}: '
-                 'something in the pipeline is broken')
+        fail(f'val mask AP {shown}', f'below {MIN_MASK_AP}: something in '
+             'the pipeline is broken')
 
 
 def _thread_env():
