@@ -72,6 +72,18 @@ def _mask_boxes(masks) -> np.ndarray:
     return boxes
 
 
+def check_labels(labels: np.ndarray, n: int) -> None:
+    """Raise ``ValueError`` unless ``n`` predictions fit in one bitmask and
+    every category id in ``labels`` is 1..8."""
+    if n > MAX_INSTANCES:
+        raise ValueError(f'{n} predictions in one image; a bitmask holds at '
+                         f'most {MAX_INSTANCES}')
+    bad = labels[(labels < 1) | (labels > len(CATEGORY_NAMES))]
+    if len(bad):
+        raise ValueError(f'unknown category id {int(bad[0])} (expected '
+                         f'1..{len(CATEGORY_NAMES)})')
+
+
 def encode_bitmask(masks,
                    labels,
                    scores,
@@ -114,13 +126,7 @@ def encode_bitmask(masks,
     if len(labels) != n or len(scores) != n:
         raise ValueError(f'{n} masks but {len(labels)} labels and '
                          f'{len(scores)} scores')
-    if n > MAX_INSTANCES:
-        raise ValueError(f'{n} predictions in one image; a bitmask holds at '
-                         f'most {MAX_INSTANCES}')
-    bad = labels[(labels < 1) | (labels > len(CATEGORY_NAMES))]
-    if len(bad):
-        raise ValueError(f'unknown category id {int(bad[0])} (expected '
-                         f'1..{len(CATEGORY_NAMES)})')
+    check_labels(labels, n)
     if bboxes is None:
         boxes = _mask_boxes(masks)
     else:
@@ -284,5 +290,5 @@ def instance_masks(categories: np.ndarray, instances: np.ndarray
 
 __all__: Sequence[str] = (
     'CATEGORY_NAMES', 'MAX_INSTANCES', 'frame_name', 'bitmask_name',
-    'encode_bitmask', 'png_bytes', 'atomic_write', 'write_bitmask',
+    'check_labels', 'encode_bitmask', 'png_bytes', 'atomic_write', 'write_bitmask',
     'write_score_file', 'read_bitmask', 'load_score_file', 'instance_masks')

@@ -25,8 +25,8 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from .bitmask import (CATEGORY_NAMES, MAX_INSTANCES, atomic_write,
-                      bitmask_name, encode_bitmask, png_bytes,
+from .bitmask import (CATEGORY_NAMES, atomic_write, bitmask_name,
+                      check_labels, encode_bitmask, png_bytes,
                       write_score_file)
 
 #: Journal folder inside the output folder.
@@ -53,16 +53,6 @@ def encode_png(bitmask: np.ndarray) -> bytes:
     """Lossless RGBA PNG of an (H, W, 4) uint8 array (PIL, zlib level 1:
     faster here than OpenCV's encoder; it releases the GIL)."""
     return png_bytes(bitmask)
-
-
-def check_labels(labels: np.ndarray, n: int) -> None:
-    if n > MAX_INSTANCES:
-        raise ValueError(f'{n} predictions in one image; a bitmask holds at '
-                         f'most {MAX_INSTANCES}')
-    bad = labels[(labels < 1) | (labels > len(CATEGORY_NAMES))]
-    if len(bad):
-        raise ValueError(f'unknown category id {int(bad[0])} (expected '
-                         f'1..{len(CATEGORY_NAMES)})')
 
 
 def render(masks, labels, scores, bboxes=None, image_size=None):
