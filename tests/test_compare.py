@@ -12,21 +12,11 @@ import pytest
 from bdd100k_ins_seg import compare, zoo
 from test_evaluation import make_scenes
 from test_test_script import run, setup  # noqa: F401  (module fixture)
-from zoo_host import NAME, REPO, Host, official_cli, write_predictions
+from zoo_host import (NAME, REPO, Host, load_tool, official_cli,
+                      script_name, write_predictions)  # noqa: F401
 
-
-@pytest.fixture(autouse=True)
-def script_name(monkeypatch):
-    """Errors name the script as sys.argv[0] does."""
-    monkeypatch.setattr(sys, 'argv', ['model_zoo.py'])
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# errors name the script as sys.argv[0] does
+pytestmark = pytest.mark.usefixtures('script_name')
 
 
 def _official_in_process(gt_dir, pred_dir, out_file):

@@ -1,7 +1,6 @@
 """Every published file kind: download (local HTTP server and mirror
 folder), checks, bad files, verify, and published predictions as input of
 vis.py and the official evaluator."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,24 +12,14 @@ import pytest
 
 from bdd100k_ins_seg import zoo
 from test_evaluation import make_scenes
-from zoo_host import (NAME, REPO, Host, build_host, leftovers, official_cli,
+from zoo_host import (NAME, REPO, Host, build_host, leftovers, load_tool,
+                      official_cli, script_name,  # noqa: F401
                       write_predictions, zip_folder)
 
+# errors name the script as sys.argv[0] does
+pytestmark = pytest.mark.usefixtures('script_name')
+
 OTHER_KINDS = ('scores-val', 'scores-test', 'preds', 'visuals')
-
-
-@pytest.fixture(autouse=True)
-def script_name(monkeypatch):
-    """Errors name the script as sys.argv[0] does."""
-    monkeypatch.setattr(sys, 'argv', ['model_zoo.py'])
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

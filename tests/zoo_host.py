@@ -2,6 +2,7 @@
 published files (scores from the official evaluator, predictions and
 visuals zips) in the original host's layout. Nothing leaves the machine."""
 import functools
+import importlib.util
 import http.server
 import json
 import os
@@ -12,6 +13,8 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
+
+import pytest
 
 import numpy as np
 from PIL import Image
@@ -180,3 +183,18 @@ def leftovers(cache):
     return sorted(str(p.relative_to(cache)) for p in cache.rglob('*')
                   if p.name.startswith('.') or p.suffix in ('.part', '.lock')
                   or '.stale' in p.name)
+
+
+@pytest.fixture
+def script_name(monkeypatch):
+    """Errors name the script as sys.argv[0] does (use it autouse)."""
+    monkeypatch.setattr(sys, 'argv', ['model_zoo.py'])
+
+
+def load_tool():
+    """tools/model_zoo.py as a module (its main() runs in-process)."""
+    spec = importlib.util.spec_from_file_location(
+        'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
