@@ -117,6 +117,54 @@ def test_roi_align_gradcheck(device, aligned):
                             aligned), (feats, ))
 
 
+@pytest.fixture
+def num_threads():
+    """Set torch's intra-op threads for a test, restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize('aligned', [True, False])
+def test_roi_align_images_on_threads_same_bits(num_threads, aligned):
+    """With 2+ threads each image's RoIs run on a thread of their own; the
+    output and the gradient are bit for bit those of one thread, and an
+    image without RoIs gets a zero gradient."""
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.randn(4, 3, 12, 15, generator=gen, dtype=torch.float64)
+    rois = _random_rois(40, 3, 12, 15, 0.5, gen)  # image 3: no RoIs
+    rois = rois[rois[:, 0].argsort(stable=True).flip(0)]  # not in order
+    grad = torch.randn(40, 3, 2, 3, generator=gen, dtype=torch.float64)
+    results = []
+    for threads in (1, 2):
+        num_threads(threads)
+        f = feats.clone().requires_grad_()
+        out = roi_align(f, rois, (2, 3), 0.5, 0, 'avg', aligned)
+        out.backward(grad)
+        results.append((out.detach(), f.grad))
+    (out1, grad1), (out2, grad2) = results
+    assert torch.equal(out1, out2) and torch.equal(grad1, grad2)
+    assert grad2[:3].abs().sum(dim=(1, 2, 3)).gt(0).all()
+    assert torch.equal(grad2[3], torch.zeros_like(grad2[3]))
+    ref = roi_align_reference(feats, rois, (2, 3), 0.5, 0, aligned)
+    torch.testing.assert_close(out2, ref, rtol=1e-6, atol=1e-8)
+
+
+def test_roi_align_splits_rois_by_image(num_threads):
+    from bdd100k_ins_seg.ops import torchvision_ext
+    rois = torch.tensor([[1, 0, 0, 4, 4], [0, 1, 1, 3, 3], [1, 2, 2, 5, 5.]])
+    feats = torch.zeros(2, 1, 8, 8)
+    num_threads(2)
+    parts = torchvision_ext._split_by_image(feats, rois)
+    assert [(b, idx.tolist()) for b, idx, _ in parts] == [(0, [1]),
+                                                          (1, [0, 2])]
+    assert all((boxes[:, 0] == 0).all() for _, _, boxes in parts)
+    assert torch.equal(parts[1][2][:, 1:], rois[[0, 2], 1:])
+    assert rois[0, 0] == 1  # the caller's RoIs are left alone
+    num_threads(1)  # one thread: torchvision's single call
+    assert torchvision_ext._split_by_image(feats, rois) is None
+
+
 def test_roi_align_low_precision_falls_back_on_cpu():
     feats = torch.randn(1, 2, 8, 8)
     rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0]])
