@@ -4,9 +4,10 @@ few minutes on 2 CPU cores. What `make demo` trains.
 
 On 2 cores the number of updates matters more than model size, so the model
 is narrow, the batch small and the RoI sampling light. A training step is
-mostly convolution backward (~45% of the CPU time), forward (~20%) and
-RoIAlign backward (~10%, single-threaded in torchvision); loading 4 small
-images takes ~2%.
+mostly convolution backward (~39% of the CPU time), forward (~16%) and
+RoIAlign (~11%; torchvision's kernels are single-threaded, so with 2+
+threads bdd100k_ins_seg.ops runs each image's RoIs on a thread of its own);
+loading 4 small images takes ~1.5%, hooks and logging well under 1%.
 
 Another length: --cfg-options train_cfg.max_iters=N. ScaleScheduleHook
 (bdd100k_ins_seg.schedule) then scales the warm-up, the LR milestones and
@@ -21,8 +22,11 @@ _base_ = [
 
 data_root = 'data/bdd100k_sample/'
 image_size = (320, 192)  # (width, height) of the sample images
-# 700 updates of 4 images: 36.7 mask AP on the sample's val split. 420
-# (the same recipe scaled) reached only 23.5, below the demo's bar of 30.
+# 700 updates of 4 images: 36.7 mask AP on the sample's val split. Fewer
+# images fall below the demo's bar of 30: 420 updates (the same recipe
+# scaled) 23.5; 500 with lr 3e-3 and 2 mask convs 25.3; 1000 updates of 2
+# images 26.7. 2 mask convs instead of 4 save ~6% of a step but reached
+# 33.4 at 700 updates.
 max_iters = 700
 
 model = dict(
