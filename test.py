@@ -220,8 +220,8 @@ def main():
         runner.load_checkpoint(checkpoint, map_location='cpu')
     except Exception as e:  # truncated, not a checkpoint, unsafe pickle
         fail('cannot load checkpoint', e)
-    if not args.show_dir:  # the drawing hook needs full-size masks
-        from bdd100k_ins_seg.paste import enable_box_masks
+    from bdd100k_ins_seg.paste import box_masks_ok, enable_box_masks
+    if box_masks_ok(cfg, 'test'):  # not when a hook draws full-size masks
         enable_box_masks(runner.model)
     inference.raise_on_sigterm()
     try:
