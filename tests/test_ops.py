@@ -2,6 +2,7 @@
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -163,6 +164,36 @@ def test_roi_align_splits_rois_by_image(num_threads):
     assert rois[0, 0] == 1  # the caller's RoIs are left alone
     num_threads(1)  # one thread: torchvision's single call
     assert torchvision_ext._split_by_image(feats, rois) is None
+
+
+def test_roi_align_threads_in_a_forked_child(num_threads):
+    """A forked process (a dataloader worker) inherits the parent's thread
+    pool without its threads; RoIAlign there must still run (not hang)."""
+    import os
+    from bdd100k_ins_seg.ops import torchvision_ext
+    num_threads(2)
+    feats = torch.randn(2, 3, 8, 8)
+    rois = torch.tensor([[0, 1, 1, 5, 5.], [1, 0, 0, 4, 6]])
+    expected = roi_align(feats, rois, (2, 2), 1.0, 0, 'avg', True)
+    assert torchvision_ext._POOL is not None
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it computed the same
+        try:
+            torch.set_num_threads(2)
+            out = roi_align(feats, rois, (2, 2), 1.0, 0, 'avg', True)
+            os._exit(0 if torch.equal(out, expected) else 3)
+        finally:
+            os._exit(4)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError('RoIAlign hung in a forked child')
 
 
 def test_roi_align_low_precision_falls_back_on_cpu():
