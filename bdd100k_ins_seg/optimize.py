@@ -1,4 +1,5 @@
-"""A faster inference forward: BatchNorm folded into the convolutions.
+"""A faster inference forward: BatchNorm folded into the convolutions,
+channels_last memory on CPU.
 
 In eval mode a BatchNorm layer is a fixed per-channel affine map,
 ``y = (x - mean) / sqrt(var + eps) * gamma + beta``. When it reads a
@@ -25,17 +26,18 @@ or anywhere else is left as it is. Only eval-mode models are folded: a
 model in training mode is refused (its BatchNorm may still learn, or its
 weights be updated from the folded values).
 
-:func:`optimize_for_inference` is what ``test.py --fuse-conv-bn`` and the
-benchmark's optimized forward call.
+:func:`optimize_for_inference` (the fold, and on CPU the channels_last
+memory format) is what ``test.py --fuse-conv-bn`` and the benchmark's
+optimized forward run.
 """
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['fold_batchnorm', 'fold_pairs', 'optimize_for_inference',
-           'count_batchnorm']
+           'optimize_runner_model', 'use_channels_last', 'count_batchnorm']
 
 
 def _numbered_pairs(module: nn.Module, count: int) -> List[Tuple[str, str]]:
@@ -141,12 +143,50 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
-def optimize_for_inference(model: nn.Module, fold_bn: bool = True) -> int:
-    """The inference optimizations of this package, in place, on an
-    eval-mode ``model``: BatchNorm folding (:func:`fold_batchnorm`).
+def use_channels_last(model: nn.Module) -> bool:
+    """The default of :func:`optimize_for_inference`: channels_last on CPU
+    (measured faster there, ``tools/benchmark.py`` stage a), not on GPUs
+    (not measured)."""
+    param = next(model.parameters(), None)
+    return param is not None and param.device.type == 'cpu'
 
-    Returns the number of BatchNorm layers folded. Raises ``ValueError``
-    for a model in training mode.
+
+def optimize_for_inference(model: nn.Module, fold_bn: bool = True,
+                           channels_last: Optional[bool] = None) -> Dict:
+    """The inference optimizations of this package, in place, on an
+    eval-mode ``model``: BatchNorm folding (:func:`fold_batchnorm`) and
+    the channels_last memory format for its 4-d weights (so the conv
+    outputs, and the features, are channels_last: oneDNN's convolutions
+    need no layout conversions then; the inputs may stay NCHW). Default
+    ``channels_last``: :func:`use_channels_last`.
+
+    Returns ``{'folded': BatchNorms folded, 'left': BatchNorms left,
+    'channels_last': bool}``. Raises ``ValueError`` for a model in
+    training mode.
     """
     _check_eval(model, 'optimize_for_inference')
-    return fold_batchnorm(model) if fold_bn else 0
+    folded = fold_batchnorm(model) if fold_bn else 0
+    if channels_last is None:
+        channels_last = use_channels_last(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return dict(folded=folded, left=count_batchnorm(model),
+                channels_last=bool(channels_last))
+
+
+def optimize_runner_model(runner) -> Dict:
+    """``test.py --fuse-conv-bn``: put the runner's model (unwrapped from
+    a distributed wrapper) in eval mode, optimize it for inference and log
+    what was folded. Call it after the checkpoint is loaded."""
+    from mmengine.model import is_model_wrapper
+    model = runner.model.module if is_model_wrapper(runner.model) \
+        else runner.model
+    model.eval()  # the test loop sets it too; folding needs it first
+    done = optimize_for_inference(model)
+    runner.logger.info(
+        f"--fuse-conv-bn: {done['folded']} BatchNorm layers folded into "
+        'their convolutions' + (
+            f", {done['left']} left (after deformable convs or other layers "
+            'they cannot be folded into)' if done['left'] else '') +
+        ('; channels_last memory format' if done['channels_last'] else ''))
+    return done

@@ -28,7 +28,7 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
                     '--images', '1', '--threads', '1'])
     result = json.loads(out.read_text())
     rows = result['rows']
-    assert [r['stage'] for r in rows] == ['a', 'e', 'd']
+    assert [r['stage'] for r in rows] == ['a', 'a', 'e', 'd']
     for row in rows:
         assert set(benchmark.ROW_KEYS) <= set(row)
         assert row['ms_per_image'] > 0
@@ -38,7 +38,9 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
         assert row['speedup'] == pytest.approx(
             row['baseline_ms_per_image'] / row['ms_per_image'])
     assert math.isnan(rows[0]['speedup'])
-    assert 'identical' in rows[2]['what']
+    assert 'identical' in rows[3]['what']
+    assert 'optimized' in rows[1]['what'] and 'BN folded' in rows[2]['what']
+    assert rows[1]['baseline_ms_per_image'] == rows[0]['ms_per_image']
     assert result['machine']['threads'] == 1
     table = capsys.readouterr().out
     assert '| d | evaluator' in table and 'torchvision' in table

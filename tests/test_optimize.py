@@ -217,15 +217,52 @@ def test_zoo_family_predicts_the_same_after_folding(family):
     inputs = inputs.double()
     plain, plain_logits = predict(model)
     folded_model = copy.deepcopy(model)
-    folded = optimize_for_inference(folded_model)
-    assert folded > 0
+    done = optimize_for_inference(folded_model)  # on CPU: channels_last too
+    assert done['channels_last']
+    assert folded_model.backbone.conv1.weight.is_contiguous(
+        memory_format=torch.channels_last)
     left = count_batchnorm(folded_model)
     # Only the BatchNorms after a deformable conv (no bias to fold into).
-    assert left == (13 if family.startswith('dcn') else 0)
-    assert folded + left == n_bn
+    assert left == done['left'] == (13 if family.startswith('dcn') else 0)
+    assert done['folded'] + left == n_bn
     ours, our_logits = predict(folded_model)
     assert len(plain) == 30 and plain_logits.shape[-2:] == (28, 28)
     torch.testing.assert_close(ours.bboxes, plain.bboxes, **TOL)
     torch.testing.assert_close(ours.scores, plain.scores, **TOL)
     assert torch.equal(ours.labels, plain.labels)
     torch.testing.assert_close(our_logits, plain_logits, **TOL)
+
+
+@pytest.mark.parametrize('op', ['RoIAlign', 'DeformConv2dPack',
+                                'ModulatedDeformConv2dPack'])
+def test_ops_give_the_same_results_on_channels_last_inputs(op):
+    """The compiled-op stand-in (torchvision kernels) reads channels_last
+    features and weights as it reads NCHW ones."""
+    import mmcv.ops
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 23, 31, generator=g)
+    if op == 'RoIAlign':
+        module = mmcv.ops.RoIAlign(7, spatial_scale=0.25, sampling_ratio=0,
+                                   aligned=True)
+        xy = torch.rand(20, 2, generator=g) * 100
+        wh = torch.rand(20, 2, generator=g) * 60 + 1
+        rois = torch.cat([torch.randint(0, 2, (20, 1), generator=g).float(),
+                          xy, xy + wh], 1)
+
+        def call(m, inp):
+            return m(inp, rois)
+    else:
+        module = getattr(mmcv.ops, op)(8, 6, 3, padding=1)
+        with torch.no_grad():
+            module.weight.normal_(generator=g)
+            # offsets (and masks) of a few pixels, not zero
+            module.conv_offset.weight.normal_(0, 0.3, generator=g)
+
+        def call(m, inp):
+            return m(inp)
+    with torch.no_grad():
+        expected = call(module, x)
+        cl_module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+        got = call(cl_module, x.contiguous(memory_format=torch.channels_last))
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
