@@ -71,3 +71,25 @@ def test_bad_arguments(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         'error: nope.py: config file not found')
     assert not (tmp_path / 'x.json').exists()
+
+
+def test_largest_difference_between_predictions():
+    import torch
+    from mmengine.structures import InstanceData
+
+    from bdd100k_ins_seg.benchmark.model import largest_difference
+
+    def pred(boxes, scores, labels):
+        return InstanceData(bboxes=torch.tensor(boxes), scores=torch.tensor(
+            scores), labels=torch.tensor(labels))
+
+    a = pred([[0., 0., 100., 50.], [10., 10., 20., 20.]], [0.9, 0.5], [1, 2])
+    assert largest_difference(a, a) == 0.0
+    b = pred([[0., 0., 100., 50.], [10., 10., 20., 20.01]], [0.9, 0.5], [1, 2])
+    assert largest_difference(a, b) == pytest.approx(0.01 / 100, rel=1e-3)
+    c = pred([[0., 0., 100., 50.], [10., 10., 20., 20.]], [0.9, 0.502], [1, 2])
+    assert largest_difference(a, c) == pytest.approx(0.002, rel=1e-3)
+    d = pred([[0., 0., 100., 50.], [10., 10., 20., 20.]], [0.9, 0.5], [1, 3])
+    assert largest_difference(a, d) == float('inf')
+    assert largest_difference(a, pred([[0., 0., 100., 50.]], [0.9], [1])) \
+        == float('inf')

@@ -115,10 +115,9 @@ def interleaved_medians(fns, repeats: int, sync=None) -> list:
 
 
 def largest_difference(a, b) -> float:
-    """Largest difference between two predictions (boxes, scores), relative
-    to the largest box coordinate for the boxes; inf if the detections
-    differ in number or labels."""
-    a, b = a[0].pred_instances, b[0].pred_instances
+    """Largest difference between two ``pred_instances``: of the scores,
+    and of the boxes relative to their largest coordinate; inf if the
+    detections differ in number or labels."""
     if len(a) != len(b) or not bool((a.labels == b.labels).all()):
         return float('inf')
     if not len(a):
@@ -146,7 +145,10 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
                 return net.predict(inputs, samples, rescale=False)
         return call
 
-    difference = largest_difference(forward(model)(), forward(fast)())
+    # predict() puts its results into the data samples it is given (the
+    # same objects for every call): take each call's out at once.
+    plain = forward(model)()[0].pred_instances
+    difference = largest_difference(plain, forward(fast)()[0].pred_instances)
     if difference > 1e-3:
         raise RuntimeError(f'the optimized forward of {config} predicts '
                            f'otherwise than the plain one ({difference:.3g}'
