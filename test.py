@@ -226,8 +226,8 @@ def main():
     if args.fuse_conv_bn:
         from bdd100k_ins_seg.optimize import optimize_runner_model
         optimize_runner_model(runner)
-    if not args.show_dir:  # the drawing hook needs full-size masks
-        from bdd100k_ins_seg.paste import enable_box_masks
+    from bdd100k_ins_seg.paste import box_masks_ok, enable_box_masks
+    if box_masks_ok(cfg, 'test'):  # not when a hook draws full-size masks
         enable_box_masks(runner.model)
     inference.raise_on_sigterm()
     try:

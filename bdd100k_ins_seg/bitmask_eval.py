@@ -50,21 +50,49 @@ def _is_rgba8_png(data: bytes) -> bool:
             and data[24] == 8 and data[25] == 6)
 
 
+def _decode_rgba8(data: bytes) -> Optional[np.ndarray]:
+    """8-bit RGBA PNG bytes as (H, W, 4) uint8, or None if the fast
+    decoders cannot read them.
+
+    libspng (``pyspng``) decodes these bitmasks about twice as fast as
+    OpenCV's libpng, and OpenCV about 1.2x as fast as PIL; PNG is lossless,
+    so all give the same pixels.
+    """
+    try:
+        import pyspng
+    except ImportError:  # an optional speed-up: OpenCV does the same
+        pyspng = None
+    if pyspng is not None:
+        try:
+            bitmask = pyspng.load(data)
+        except Exception:  # noqa: BLE001 corrupt: PIL names the problem
+            return None
+    else:
+        import cv2
+        bgra = cv2.imdecode(np.frombuffer(data, np.uint8),
+                            cv2.IMREAD_UNCHANGED)
+        if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+            return None
+        bitmask = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
+    if bitmask.dtype != np.uint8 or bitmask.ndim != 3 or \
+            bitmask.shape[2] != 4:
+        return None
+    return np.ascontiguousarray(bitmask)
+
+
 def read_bitmask(path: str) -> np.ndarray:
     """An RGBA bitmask PNG as a (H, W, 4) uint8 array.
 
-    OpenCV decodes PNGs about twice as fast as PIL (the same pixels: PNG is
-    lossless); anything but 8-bit RGBA goes through PIL, as the official
-    reader does, and is refused unless it comes out (H, W, 4).
+    8-bit RGBA files go through :func:`_decode_rgba8`; anything else
+    through PIL, as the official reader does, and is refused unless it
+    comes out (H, W, 4).
     """
-    import cv2
     with open(path, 'rb') as f:
         data = f.read()
     if _is_rgba8_png(data):
-        bgra = cv2.imdecode(np.frombuffer(data, np.uint8),
-                            cv2.IMREAD_UNCHANGED)
-        if bgra is not None and bgra.ndim == 3 and bgra.shape[2] == 4:
-            return cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
+        bitmask = _decode_rgba8(data)
+        if bitmask is not None:
+            return bitmask
     from PIL import Image
     try:
         with Image.open(path) as image:
@@ -74,47 +102,76 @@ def read_bitmask(path: str) -> np.ndarray:
     if bitmask.ndim != 3 or bitmask.shape[2] != 4:
         raise ValueError(f'{path}: not an RGBA bitmask (array of shape '
                          f'{bitmask.shape}, expected (H, W, 4))')
-    return bitmask
+    return np.ascontiguousarray(bitmask)
 
 
-def _instance_ids(bitmask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The flat instance ids, (B << 8) + A, (H * W,) uint16, and the flat
-    indices of the pixels where they are not 0."""
-    ids = bitmask.view('>u2')[..., 1].astype(np.uint16).ravel()
-    return ids, np.flatnonzero(ids != 0)
+class Runs:
+    """The two bitmasks of an image cut into runs: maximal stretches of
+    pixels, in raster order, over which neither the GT's nor the
+    prediction's RGBA value changes.
+
+    Bitmasks are piecewise constant, so an image has a few tens of
+    thousands of runs instead of ~1M pixels; every per-instance count is a
+    sum of run lengths, the same integers as a count of pixels.
+
+    Attributes:
+        gt, dt: (R,) uint32 RGBA values of the runs (R in the low byte).
+        lengths: (R,) int64 run lengths in pixels.
+    """
+
+    def __init__(self, gt_bitmask: np.ndarray, dt_bitmask: np.ndarray):
+        gt = gt_bitmask.view('<u4').ravel()
+        dt = dt_bitmask.view('<u4').ravel()
+        size = gt.size
+        starts = np.empty(size, bool)
+        starts[0] = True
+        np.not_equal(gt[1:], gt[:-1], out=starts[1:])
+        np.logical_or(starts[1:], dt[1:] != dt[:-1], out=starts[1:])
+        starts = np.flatnonzero(starts)
+        self.gt = gt[starts]
+        self.dt = dt[starts]
+        self.lengths = np.diff(starts, append=size)
 
 
-def _value_per_instance(compressed: np.ndarray, values: np.ndarray,
-                        num: int, path: str, what: str) -> np.ndarray:
-    """The one value of ``values`` (P,) uint8 on each instance 1..num of
-    ``compressed`` (P,) (0: background); an error if one has several."""
-    table = np.bincount(compressed.astype(np.int64) * 256 + values,
-                        minlength=(num + 1) * 256).reshape(num + 1, 256)[1:]
-    several = np.count_nonzero(table, axis=1) != 1
-    if several.any():
+def _channels(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray,
+                                             np.ndarray]:
+    """The category (R), attribute (G) and instance id ((B << 8) + A) of
+    uint32 RGBA values."""
+    ids = ((values >> 8) & 0xff00) | (values >> 24)
+    return (values & 0xff).astype(np.int64), \
+        ((values >> 8) & 0xff).astype(np.int64), ids.astype(np.int64)
+
+
+def _value_per_instance(labels: np.ndarray, values: np.ndarray, num: int,
+                        path: str, what: str) -> np.ndarray:
+    """The one value (0..255) of each instance 1..num, from runs' instance
+    numbers ``labels`` (0: none) and ``values``; an error if an instance
+    has several."""
+    inside = labels > 0
+    pairs = np.unique(labels[inside] * 256 + values[inside])
+    if len(pairs) != num:
+        instances = pairs >> 8
+        several = instances[1:][instances[1:] == instances[:-1]][0]
         raise ValueError(
-            f'{path}: instance {int(np.flatnonzero(several)[0]) + 1} (in '
-            f'the order the evaluator counts them) has pixels of several '
-            f'{what} values')
-    return table.argmax(axis=1).astype(np.int32)
+            f'{path}: instance {int(several)} (in the order the evaluator '
+            f'counts them) has pixels of several {what} values')
+    return (pairs & 0xff).astype(np.int32)
 
 
 class ParsedMasks:
-    """One bitmask's instances, renumbered 1..N as the evaluator does.
+    """One bitmask's instances, numbered 1..N as the evaluator does.
 
     Attributes:
-        pixels: (P,) flat indices of the pixels that belong to an instance.
-        labels: (P,) int32, their instance numbers 1..N.
+        labels: (R,) int64, each run's instance number (0: none).
         areas: (N,) float64 pixel counts.
-        categories: (N,) int32 (GT) or the official empty array (no
+        categories: (N,) int32, or the official empty array (no
             predictions).
         attributes: (N,) int32 (GT only).
         scores: (N,) the predictions' scores.
     """
 
-    def __init__(self, pixels, labels, areas, categories, attributes=None,
+    def __init__(self, labels, areas, categories, attributes=None,
                  scores=None):
-        self.pixels = pixels
         self.labels = labels
         self.areas = areas
         self.categories = categories
@@ -125,22 +182,21 @@ class ParsedMasks:
         return len(self.areas)
 
 
-def parse_gt(bitmask: np.ndarray, path: str = '<gt>') -> ParsedMasks:
+def parse_gt(runs: Runs, path: str = '<gt>') -> ParsedMasks:
     """What ``parse_bitmask`` + ``get_mask_areas`` give for a GT bitmask:
     instances numbered 1..N in increasing id order."""
-    ids, pixels = _instance_ids(bitmask)
-    fg_ids = ids[pixels]
-    counts = np.bincount(fg_ids, minlength=NUM_IDS)
-    present = np.flatnonzero(counts)
+    categories, attributes, ids = _channels(runs.gt)
+    present = np.unique(ids[ids != 0])
     num = len(present)
-    lut = np.zeros(NUM_IDS, np.int32)
-    lut[present] = np.arange(1, num + 1, dtype=np.int32)
-    labels = lut[fg_ids]
-    flat = bitmask.reshape(-1, 4)
+    lut = np.zeros(NUM_IDS, np.int64)
+    lut[present] = np.arange(1, num + 1)
+    labels = lut[ids]
+    areas = np.bincount(labels, weights=runs.lengths,
+                        minlength=num + 1)[1:]
     return ParsedMasks(
-        pixels, labels, counts[present].astype(np.float64),
-        _value_per_instance(labels, flat[pixels, 0], num, path, 'category'),
-        attributes=_value_per_instance(labels, flat[pixels, 1], num, path,
+        labels, areas,
+        _value_per_instance(labels, categories, num, path, 'category'),
+        attributes=_value_per_instance(labels, attributes, num, path,
                                        'attribute'))
 
 
@@ -154,17 +210,15 @@ def _index_key(index) -> Optional[int]:
     return None
 
 
-def parse_pred(bitmask: np.ndarray, ann_score: Sequence[Tuple],
+def parse_pred(runs: Runs, ann_score: Sequence[Tuple],
                path: str = '<prediction>') -> ParsedMasks:
     """What ``parse_res_bitmask`` + ``get_mask_areas`` give for a
     prediction bitmask and its ``(index, score)`` pairs: predictions
     numbered 1..N by decreasing score (stable), those without pixels
-    dropped."""
-    ids, pixels = _instance_ids(bitmask)
-    fg_ids = ids[pixels]
-    counts = np.bincount(fg_ids, minlength=NUM_IDS)
-    counts[0] = len(ids) - len(pixels)
-    lut = np.zeros(NUM_IDS, np.int32)
+    dropped (index 0, if listed, is the pixels of id 0)."""
+    categories, _, ids = _channels(runs.dt)
+    counts = np.bincount(ids, weights=runs.lengths, minlength=NUM_IDS)
+    lut = np.zeros(NUM_IDS, np.int64)
     scores, selected = [], []
     for index, score in sorted(ann_score, key=lambda pair: pair[1],
                                reverse=True):
@@ -178,38 +232,29 @@ def parse_pred(bitmask: np.ndarray, ann_score: Sequence[Tuple],
         lut[key] = len(selected)
         scores.append(score)
     num = len(selected)
-    if lut[0]:  # index 0 listed: the background is a prediction
-        labels = lut[ids]
-        pixels = np.flatnonzero(labels)
-        labels = labels[pixels]
-    else:
-        labels = lut[fg_ids]
-        keep = np.flatnonzero(labels)
-        pixels, labels = pixels[keep], labels[keep]
-    categories = _value_per_instance(labels,
-                                     bitmask.reshape(-1, 4)[pixels, 0],
-                                     num, path, 'category')
+    labels = lut[ids]
+    if not num:
+        return ParsedMasks(labels, np.zeros(0), np.array([]),
+                           scores=np.array(scores))
     return ParsedMasks(
-        pixels, labels,
-        counts[selected].astype(np.float64) if num else np.zeros(0),
-        categories if num else np.array([]),
+        labels, counts[selected],
+        _value_per_instance(labels, categories, num, path, 'category'),
         scores=np.array(scores))
 
 
 def intersection_over_union(dt: ParsedMasks, gt: ParsedMasks,
-                            size: int) -> np.ndarray:
+                            runs: Runs) -> np.ndarray:
     """(num_dt, num_gt) float64 IoUs, the values
     ``bdd100k.common.bitmask.bitmask_intersection_rate`` computes."""
     num_dt, num_gt = len(dt), len(gt)
-    # At most MAX_GT (100) GT instances: their numbers fit in a byte.
-    gt_map = np.zeros(size, np.uint8 if num_gt < 256 else np.int32)
-    gt_map[gt.pixels] = gt.labels
-    both = gt_map[dt.pixels]
-    inside = np.flatnonzero(both)
+    both = (dt.labels > 0) & (gt.labels > 0)
     inter = np.bincount(
-        (dt.labels[inside].astype(np.int64) - 1) * num_gt + both[inside] - 1,
+        (dt.labels[both] - 1) * num_gt + gt.labels[both] - 1,
+        weights=runs.lengths[both],
         minlength=num_dt * num_gt).reshape(num_dt, num_gt)
-    # The official code sums int64 pixel counts: the same integers here.
+    # The official code sums int64 pixel counts: the same integers here
+    # (sums of run lengths, exact in float64 below 2**53).
+    inter = inter.astype(np.int64)
     union = (dt.areas.astype(np.int64)[:, None] +
              gt.areas.astype(np.int64)[None, :] - inter)
     with np.errstate(divide='ignore', invalid='ignore'):
@@ -221,19 +266,19 @@ def image_ious(gt_path: str, dt_path: str,
                ann_score: Sequence[Tuple]) -> Dict[str, np.ndarray]:
     """The official ``compute_iou`` dict of one image (without ``ind``)."""
     gt_bitmask = read_bitmask(gt_path)
-    gt = parse_gt(gt_bitmask, gt_path)
-    if len(gt) > MAX_GT:
-        raise ValueError(f'{gt_path}: {len(gt)} GT instances; the '
-                         f'official evaluator handles at most {MAX_GT}')
     dt_bitmask = read_bitmask(dt_path)
     if dt_bitmask.shape != gt_bitmask.shape:
         raise ValueError(
             f'{dt_path}: size {dt_bitmask.shape[1]}x{dt_bitmask.shape[0]} '
             f'differs from its GT ({gt_bitmask.shape[1]}x'
             f'{gt_bitmask.shape[0]})')
-    dt = parse_pred(dt_bitmask, ann_score, dt_path)
-    ious = intersection_over_union(dt, gt, gt_bitmask.shape[0] *
-                                   gt_bitmask.shape[1])
+    runs = Runs(gt_bitmask, dt_bitmask)
+    gt = parse_gt(runs, gt_path)
+    if len(gt) > MAX_GT:
+        raise ValueError(f'{gt_path}: {len(gt)} GT instances; the '
+                         f'official evaluator handles at most {MAX_GT}')
+    dt = parse_pred(runs, ann_score, dt_path)
+    ious = intersection_over_union(dt, gt, runs)
     return dict(ious=ious, gt_areas=gt.areas, gt_cat_ids=gt.categories,
                 gt_crowds=np.bitwise_and(gt.attributes, 2),
                 gt_ignores=np.bitwise_and(gt.attributes, 1),

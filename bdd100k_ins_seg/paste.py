@@ -241,4 +241,24 @@ def enable_box_masks(model: torch.nn.Module) -> List[str]:
     return switched
 
 
-__all__ = ['BoxMasks', 'paint', 'enable_box_masks']
+def box_masks_ok(cfg, loop: str) -> bool:
+    """Whether the ``loop`` ('val' or 'test') of config ``cfg`` can take
+    :class:`BoxMasks`: every metric of its evaluator is
+    ``BDD100KInsSegMetric`` (which paints them, or pastes them in full for
+    its COCO numbers) and no visualization hook draws the masks."""
+    evaluator = cfg.get(f'{loop}_evaluator')
+    if not evaluator:
+        return False
+    metrics = evaluator.get('metrics', evaluator) if isinstance(
+        evaluator, dict) else evaluator
+    metrics = [metrics] if isinstance(metrics, dict) else list(metrics)
+    if not metrics or not all(
+            isinstance(m, dict) and str(m.get('type', '')).split('.')[-1]
+            == 'BDD100KInsSegMetric' for m in metrics):
+        return False
+    hooks = list((cfg.get('default_hooks') or {}).values()) + list(
+        cfg.get('custom_hooks') or [])
+    return not any(isinstance(h, dict) and h.get('draw') for h in hooks)
+
+
+__all__ = ['BoxMasks', 'paint', 'enable_box_masks', 'box_masks_ok']

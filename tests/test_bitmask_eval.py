@@ -194,6 +194,58 @@ def test_one_pixel_changes_the_result(tmp_path):
     assert after != before and after == official_json(*args)
 
 
+def test_noise_bitmasks_runs_of_one_pixel(tmp_path):
+    """Per-pixel noise (most runs one pixel long, GT ids above 255, crowd
+    GT): still the official result."""
+    rng = np.random.default_rng(3)
+    gt_ids = rng.integers(0, 6, (30, 41)) * 300
+    gt = _rgba(gt_ids, np.where(gt_ids > 0, gt_ids // 300, 0),
+               np.where(gt_ids == 600, 2, 0))
+    dt_ids = rng.integers(0, 5, (30, 41))
+    pred = _rgba(dt_ids, rng.integers(1, 9, 5)[dt_ids])
+    labels = [dict(index=i, score=float(s))
+              for i, s in zip(range(1, 5), rng.random(4))]
+    args = _one_image(tmp_path, gt, pred, labels)
+    assert fast_json(*args) == official_json(*args)
+
+
+def _write_png(path, array, writer):
+    if writer == 'pil':
+        Image.fromarray(array).save(path)
+    else:
+        import cv2
+        assert cv2.imwrite(path, cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA))
+
+
+@pytest.mark.parametrize('decoder', ['pyspng', 'opencv'])
+def test_read_bitmask_equals_pil(tmp_path, monkeypatch, decoder):
+    """Both fast decoders give PIL's pixels (what the official reader
+    sees) on PNGs written with PIL's and OpenCV's filter choices; a
+    truncated file is an error naming it."""
+    import pyspng  # noqa: F401 a runtime requirement: present
+    if decoder == 'opencv':
+        monkeypatch.setitem(sys.modules, 'pyspng', None)
+    rng = np.random.default_rng(0)
+    for i, writer in enumerate(['pil', 'cv2'] * 3):
+        ids = rng.integers(0, 700, (4, 5)).repeat(9, 0).repeat(13, 1)
+        array = _rgba(ids, ids % 9, ids % 3)
+        array[rng.random(array.shape[:2]) < 0.05] = rng.integers(
+            0, 256, 4, dtype=np.uint8)
+        path = str(tmp_path / f'{i}.png')
+        _write_png(path, array, writer)
+        with Image.open(path) as image:
+            expected = np.asarray(image)
+        read = bitmask_eval.read_bitmask(path)
+        assert read.dtype == np.uint8 and read.flags['C_CONTIGUOUS']
+        assert np.array_equal(read, expected) and \
+            np.array_equal(read, array)
+    data = open(path, 'rb').read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r'1?5\.png: not a readable PNG'):
+        bitmask_eval.read_bitmask(path)
+
+
 def run_cli(args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
                os.environ.get('PYTHONPATH', ''))

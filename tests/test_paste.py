@@ -212,3 +212,24 @@ def test_zoo_heads_give_identical_bitmasks(family):
                      image_size=ori)
     assert reference[..., 3].any()
     np.testing.assert_array_equal(ours, reference)
+
+
+def test_box_masks_only_where_every_consumer_takes_them():
+    """Validation/test switch to box masks only when every metric is the
+    BDD100K one and no hook draws masks."""
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.paste import box_masks_ok
+    ours = dict(type='BDD100KInsSegMetric', gt_dir='gt')
+    cfg = Config(dict(val_evaluator=ours, test_evaluator=[ours],
+                      default_hooks=dict(visualization=dict(
+                          type='DetVisualizationHook', draw=False))))
+    assert box_masks_ok(cfg, 'val') and box_masks_ok(cfg, 'test')
+    cfg.test_evaluator = [ours, dict(type='CocoMetric')]
+    assert not box_masks_ok(cfg, 'test')
+    cfg.val_evaluator = dict(type='Evaluator', metrics=[
+        dict(type='mmdet.BDD100KInsSegMetric')])
+    assert box_masks_ok(cfg, 'val')
+    cfg.default_hooks.visualization.draw = True
+    assert not box_masks_ok(cfg, 'val')
+    assert not box_masks_ok(Config(dict(val_evaluator=None)), 'val')

@@ -151,6 +151,61 @@ def test_shrunken_zoo_config_learns(tiny_config, tmp_path):
     assert osp.isfile(work_dir / 'iter_20.pth')
 
 
+VAL_CONFIG = """
+_base_ = {tiny!r}
+val_dataloader = dict(
+    _delete_=True, batch_size=1, num_workers=0, persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type='BDD100KInsSegDataset', data_root={data_root!r},
+        ann_file='jsons/ins_seg_val_cocofmt.json',
+        data_prefix=dict(img='images/10k/val/'), test_mode=True,
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=(160, 96), keep_ratio=True),
+            dict(type='PackDetInputs',
+                 meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                            'scale_factor'))]))
+val_cfg = dict(_delete_=True, type='ValLoop')
+val_evaluator = dict(_delete_=True, type='BDD100KInsSegMetric',
+                     gt_dir={data_root!r} + 'labels/ins_seg/bitmasks/val')
+train_cfg = dict(max_iters=2, val_interval=2)
+"""
+
+
+def test_validation_paints_masks_in_their_boxes(tiny_config, tmp_path,
+                                                monkeypatch):
+    """In-loop validation gets the unpasted box masks (no (N, H, W) stack
+    per image) and logs the official numbers."""
+    from bdd100k_ins_seg.evaluation import BDD100KInsSegMetric
+    from bdd100k_ins_seg.paste import BoxMasks
+    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    data_root = str(tmp_path / 'sample') + '/'
+    generate_sample_dataset(data_root, seed=2, counts=dict(val=2),
+                            size=(160, 96), nproc=1, progress=False)
+    config = tmp_path / 'val.py'
+    config.write_text(VAL_CONFIG.format(tiny=tiny_config,
+                                        data_root=data_root))
+    kinds = []
+    process = BDD100KInsSegMetric.process
+
+    def spy(self, data_batch, data_samples):
+        kinds.extend(type(s['pred_instances']['masks']) for s in
+                     data_samples)
+        return process(self, data_batch, data_samples)
+
+    monkeypatch.setattr(BDD100KInsSegMetric, 'process', spy)
+    work_dir = tmp_path / 'run'
+    _train(str(config), work_dir)
+    assert kinds == [BoxMasks, BoxMasks]
+    records = []
+    for path in glob.glob(osp.join(str(work_dir), '*', 'vis_data',
+                                   'scalars.json')):
+        with open(path) as f:
+            records += [json.loads(line) for line in f]
+    assert len([r for r in records if 'bdd100k/segm_AP' in r]) == 1
+
+
 def test_resume_continues_with_optimizer_state(tiny_config, tmp_path):
     work_dir = tmp_path / 'run'
     _train(tiny_config, work_dir, 'train_cfg.max_iters=2')

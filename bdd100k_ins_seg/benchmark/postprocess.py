@@ -77,13 +77,23 @@ def make_predictions(num, width, height, seed=0):
     return boxes, logits.astype(np.float32), scores, labels
 
 
+def _pil_png(bitmask) -> bytes:
+    """The PNG encoding the old path used: PIL, zlib level 1."""
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(bitmask).save(buffer, format='PNG', compress_level=1)
+    return buffer.getvalue()
+
+
 def stage_b(device, repeats, work_dir, num=100):
     import torch
     from mmengine.config import ConfigDict
 
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 
-    from ..bitmask import atomic_write, encode_bitmask, png_bytes
+    from ..bitmask import atomic_write, encode_bitmask
     from ..paste import enable_box_masks, paint
     from ..writer import PredictionWriter, render
     width, height = _settings()['size']
@@ -122,7 +132,7 @@ def stage_b(device, repeats, work_dir, num=100):
             return bitmask
 
         def today_all():
-            atomic_write(osp.join(out, 'today.png'), png_bytes(today_paint()))
+            atomic_write(osp.join(out, 'today.png'), _pil_png(today_paint()))
 
         def ours_paint():
             ranks, _ = paint(box_masks(), scores)
@@ -164,7 +174,7 @@ def stage_b(device, repeats, work_dir, num=100):
         torch.set_num_threads(threads)
     size = f'{num} dets, {width}x{height}, {device}, 1 thread'
     today = 'mmdet full paste + encode_bitmask'
-    today_png = today + ' + PIL PNG + write'
+    today_png = today + ' + PIL PNG (level 1) + write'
     return [
         _row('b', f'box paste into the rank map ({size})', t_paint, today,
              t_today_paint),
@@ -259,13 +269,19 @@ def stage_c(config, device, repeats, work_dir, count=12):
                 model.predict(batch['inputs'], batch['data_samples'])
         sync()
 
-    t_forward = _median_ms(forward_all, max(1, repeats // 3)) / len(batches)
-    runs = []
-    for k in range(max(1, repeats // 3)):
+    # Interleaved (forward, test.py, forward, test.py, ...) so that a
+    # change in the machine's load hits both sides alike.
+    forward_all()  # warm-up
+    forwards, runs = [], []
+    for k in range(max(2, repeats // 2)):
+        start = time.perf_counter()
+        forward_all()
+        forwards.append((time.perf_counter() - start) * 1000 / len(batches))
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
             runs.append(_test_py_ms_per_image(
                 config, checkpoint, img_dir, osp.join(tmp, 'out'),
                 osp.join(tmp, 'wd'), threads))
+    t_forward = statistics.median(forwards)
     t_test = statistics.median(runs)
     name = osp.splitext(osp.basename(config))[0]
     what = (f'test.py --format-only, {name}, {width}x{height}, {device}, '
