@@ -62,13 +62,17 @@ def _known_pairs(module: nn.Module) -> List[Tuple[str, str]]:
                 order.index('conv') + 1):
             return [('conv', module.norm_name)]
         return []
-    if isinstance(module, Bottleneck):
+    # These classes and subclasses that keep their forward (ResNeXt's
+    # Bottleneck, ResNetV1d); a subclass with its own forward may use its
+    # layers otherwise (ResNeSt).
+    forward = type(module).forward
+    if forward is Bottleneck.forward:
         return _numbered_pairs(module, 3)
-    if isinstance(module, BasicBlock):
+    if forward is BasicBlock.forward:
         return _numbered_pairs(module, 2)
-    if isinstance(module, ResNet) and not module.deep_stem:
+    if forward is ResNet.forward and not module.deep_stem:
         return _numbered_pairs(module, 1)
-    if isinstance(module, HRNet):
+    if forward is HRNet.forward:
         return _numbered_pairs(module, 2)
     return []
 

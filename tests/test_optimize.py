@@ -266,3 +266,24 @@ def test_ops_give_the_same_results_on_channels_last_inputs(op):
         got = call(cl_module, x.contiguous(memory_format=torch.channels_last))
     assert expected.abs().sum() > 0
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_resnext_backbone_is_folded():
+    """ResNeXt's Bottleneck (grouped 3x3 conv, mmdet's Bottleneck forward):
+    every BatchNorm folded, same features."""
+    from mmdet.models.backbones import ResNeXt
+    torch.manual_seed(0)
+    net = ResNeXt(depth=50, groups=4, base_width=4, base_channels=16,
+                  num_stages=2, out_indices=(0, 1), strides=(1, 2),
+                  dilations=(1, 1))
+    randomise_batchnorm(net, torch.Generator().manual_seed(4))
+    net.eval()  # mmdet ResNet.train() returns None
+    net.double()
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        expected = net(x)
+        n_bn = count_batchnorm(net)
+        assert fold_batchnorm(net) == n_bn > 0
+        assert count_batchnorm(net) == 0
+        for got, want in zip(net(x), expected):
+            torch.testing.assert_close(got, want, **TOL)
