@@ -19,7 +19,8 @@ forward is known to apply the BatchNorm straight to the conv's output:
   (ResNet downsample, HRNet transition and fuse layers);
 - mmcv's ``ConvModule`` with ``norm`` right after ``conv`` in its order;
 - mmdet's ResNet/ResNeXt ``BasicBlock`` and ``Bottleneck`` (``convK`` ->
-  ``normK``), and the stems of ``ResNet`` and ``HRNet``.
+  ``normK``), and the stems of ``ResNet`` and ``HRNet`` (and subclasses
+  that keep these classes' forward).
 
 A BatchNorm after a deformable conv (mmcv's ``DeformConv2d`` has no bias)
 or anywhere else is left as it is. Only eval-mode models are folded: a
