@@ -28,7 +28,7 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
                     '--images', '1', '--threads', '1'])
     result = json.loads(out.read_text())
     rows = result['rows']
-    assert [r['stage'] for r in rows] == ['a', 'e', 'd']
+    assert [r['stage'] for r in rows] == ['a', 'a', 'e', 'd']
     for row in rows:
         assert set(benchmark.ROW_KEYS) <= set(row)
         assert row['ms_per_image'] > 0
@@ -38,7 +38,9 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
         assert row['speedup'] == pytest.approx(
             row['baseline_ms_per_image'] / row['ms_per_image'])
     assert math.isnan(rows[0]['speedup'])
-    assert 'identical' in rows[2]['what']
+    assert 'identical' in rows[3]['what']
+    assert 'optimized' in rows[1]['what'] and 'BN folded' in rows[2]['what']
+    assert rows[1]['baseline_ms_per_image'] == rows[0]['ms_per_image']
     assert result['machine']['threads'] == 1
     table = capsys.readouterr().out
     assert '| d | evaluator' in table and 'torchvision' in table
@@ -69,3 +71,25 @@ def test_bad_arguments(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         'error: nope.py: config file not found')
     assert not (tmp_path / 'x.json').exists()
+
+
+def test_largest_difference_between_predictions():
+    import torch
+    from mmengine.structures import InstanceData
+
+    from bdd100k_ins_seg.benchmark.model import largest_difference
+
+    def pred(boxes, scores, labels):
+        return InstanceData(bboxes=torch.tensor(boxes), scores=torch.tensor(
+            scores), labels=torch.tensor(labels))
+
+    a = pred([[0., 0., 100., 50.], [10., 10., 20., 20.]], [0.9, 0.5], [1, 2])
+    assert largest_difference(a, a) == 0.0
+    b = pred([[0., 0., 100., 50.], [10., 10., 20., 20.01]], [0.9, 0.5], [1, 2])
+    assert largest_difference(a, b) == pytest.approx(0.01 / 100, rel=1e-3)
+    c = pred([[0., 0., 100., 50.], [10., 10., 20., 20.]], [0.9, 0.502], [1, 2])
+    assert largest_difference(a, c) == pytest.approx(0.002, rel=1e-3)
+    d = pred([[0., 0., 100., 50.], [10., 10., 20., 20.]], [0.9, 0.5], [1, 3])
+    assert largest_difference(a, d) == float('inf')
+    assert largest_difference(a, pred([[0., 0., 100., 50.]], [0.9], [1])) \
+        == float('inf')

@@ -236,3 +236,43 @@ def test_runs_leave_a_training_folder_alone(setup, tmp_path):
     assert len(runs) == 1  # one timestamped folder: log + config copy
     logged = os.listdir(training / runs[0])
     assert f'{runs[0]}.log' in logged and f'{stem}.py' in logged
+
+
+def test_fuse_conv_bn_writes_the_same_predictions(setup, tmp_path):
+    """--fuse-conv-bn folds the BatchNorms (BN statistics and affine
+    parameters made non-trivial here) and writes the same bitmasks and
+    scores within 1e-4 as the plain run."""
+    root, data, config, checkpoint = setup
+    ckpt = torch.load(checkpoint, weights_only=True)
+    generator = torch.Generator().manual_seed(5)
+    changed = 0
+    for key, value in ckpt['state_dict'].items():
+        if '.bn' in key or 'norm' in key or '.downsample.1.' in key:
+            if key.endswith('running_var') or key.endswith('weight'):
+                value.uniform_(0.5, 1.5, generator=generator)
+                changed += 1
+            elif key.endswith('running_mean') or key.endswith('bias'):
+                value.normal_(0, 0.1, generator=generator)
+    assert changed > 20
+    bn_ckpt = tmp_path / 'bn.pth'
+    torch.save(ckpt, str(bn_ckpt))
+    args = [config, str(bn_ckpt), '--img-dir', str(data / 'images'),
+            '--work-dir', 'wd']
+    plain = run(args + ['--format-dir', 'plain'], cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    fused = run(args + ['--format-dir', 'fused', '--fuse-conv-bn'],
+                cwd=tmp_path)
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    assert '20 BatchNorm layers folded' in fused.stdout + fused.stderr
+    assert 'folded' not in plain.stdout + plain.stderr
+    plain_pngs, plain_frames = read_outputs(tmp_path / 'plain')
+    fused_pngs, fused_frames = read_outputs(tmp_path / 'fused')
+    assert sorted(fused_pngs) == sorted(plain_pngs) and len(plain_pngs) == 3
+    for name, png in plain_pngs.items():
+        assert png.any() and (fused_pngs[name] == png).all(), name
+    for ours, theirs in zip(fused_frames, plain_frames):
+        assert ours['name'] == theirs['name']
+        assert len(ours['labels']) == len(theirs['labels']) > 0
+        for a, b in zip(ours['labels'], theirs['labels']):
+            assert a['category'] == b['category']
+            assert a['score'] == pytest.approx(b['score'], abs=1e-4)

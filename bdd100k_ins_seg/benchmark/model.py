@@ -9,13 +9,24 @@ set like the zoo's Mask R-CNN (720/1280 px, 8 classes + background, 1000
 proposals, up to 100 detections at score >= 0), and weights=None (the
 speed does not depend on the values; random weights give the full 100
 detections to both).
+
+Stage a gives the plain forward and the optimized one
+(:func:`bdd100k_ins_seg.optimize.optimize_for_inference`, what ``test.py
+--fuse-conv-bn`` runs) against it; stage e the optimized forward against
+torchvision's (its default memory format and FrozenBatchNorm). The three
+are timed in turn, repeat after repeat (:func:`interleaved_medians`), and
+the two forwards' predictions are checked to agree first (with these
+untrained BN statistics the fold changes little: the equality on
+non-trivial ones is tested in ``tests/test_optimize.py``).
 """
+import copy
 import os.path as osp
+import time
 import warnings
 
 import numpy as np
 
-from . import SETTINGS, make_row, median_ms
+from . import SETTINGS, make_row
 
 
 def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -84,19 +95,64 @@ def torchvision_model(device: str, width: int, height: int):
     return model.eval().to(device)
 
 
+def interleaved_medians(fns, repeats: int, sync=None) -> list:
+    """Median ms of each of ``fns``, called in turn ``repeats`` times (after
+    one warm-up call each): a load that comes and goes on the machine
+    falls on all of them alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for fn, spent in zip(fns, times):
+            if sync:
+                sync()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            spent.append((time.perf_counter() - start) * 1000)
+    return [float(np.median(spent)) for spent in times]
+
+
+def largest_difference(a, b) -> float:
+    """Largest difference between two ``pred_instances``: of the scores,
+    and of the boxes relative to their largest coordinate; inf if the
+    detections differ in number or labels."""
+    if len(a) != len(b) or not bool((a.labels == b.labels).all()):
+        return float('inf')
+    if not len(a):
+        return 0.0
+    boxes = float((a.bboxes - b.bboxes).abs().max() /
+                  a.bboxes.abs().max().clamp(min=1))
+    return max(boxes, float((a.scores - b.scores).abs().max()))
+
+
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     import torch
+
+    from ..optimize import optimize_for_inference
     width, height = SETTINGS['size']
     image = synthetic_image(width, height)
     model, cfg = build_model(config, device)
     inputs, samples = model_inputs(model, cfg, image)
+    fast = copy.deepcopy(model)
+    done = optimize_for_inference(fast)
     sync = torch.cuda.synchronize if device == 'cuda' else None
 
-    def ours():
-        with torch.inference_mode():
-            return model.predict(inputs, samples, rescale=False)
+    def forward(net):
+        def call():
+            with torch.inference_mode():
+                return net.predict(inputs, samples, rescale=False)
+        return call
 
-    ours_ms = median_ms(ours, repeats, sync)
+    # predict() puts its results into the data samples it is given (the
+    # same objects for every call): take each call's out at once.
+    plain = forward(model)()[0].pred_instances
+    difference = largest_difference(plain, forward(fast)()[0].pred_instances)
+    if difference > 1e-3:
+        raise RuntimeError(f'the optimized forward of {config} predicts '
+                           f'otherwise than the plain one ({difference:.3g}'
+                           ' apart)')
     tv = torchvision_model(device, width, height)
     tv_input = [torch.from_numpy(image[..., ::-1].copy()).permute(
         2, 0, 1).float().div(255).to(device)]
@@ -105,12 +161,16 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         with torch.inference_mode():
             return tv(tv_input)
 
-    tv_ms = median_ms(theirs, repeats, sync)
+    plain_ms, fast_ms, tv_ms = interleaved_medians(
+        [forward(model), forward(fast), theirs], repeats, sync)
     name = osp.splitext(osp.basename(config))[0]
-    what = (f'{name} forward, {width}x{height}, {device}, '
-            f'{torch.get_num_threads()} threads')
+    where = f'{width}x{height}, {device}, {torch.get_num_threads()} threads'
+    optimized = (f"{name} optimized forward ({done['folded']} BN folded"
+                 + (', channels_last' if done['channels_last'] else '') +
+                 f'; predictions within {difference:.1e}), {where}')
     return [
-        make_row('a', what, ours_ms),
-        make_row('e', what, ours_ms,
+        make_row('a', f'{name} forward, {where}', plain_ms),
+        make_row('a', optimized, fast_ms, 'the plain forward', plain_ms),
+        make_row('e', optimized, fast_ms,
                  'torchvision maskrcnn_resnet50_fpn forward', tv_ms),
     ]
