@@ -22,7 +22,8 @@ _base_ = [
 
 data_root = 'data/bdd100k_sample/'
 image_size = (320, 192)  # (width, height) of the sample images
-# 700 updates of 4 images: 36.7 mask AP on the sample's val split. Fewer
+# 700 updates of 4 images: 36.7 mask AP on the sample's val split in one
+# process, 35.6 in the demo's two CPU processes of 2 images each. Fewer
 # images fall below the demo's bar of 30: 420 updates (the same recipe
 # scaled) 23.5; 500 with lr 3e-3 and 2 mask convs 25.3; 1000 updates of 2
 # images 26.7. 2 mask convs instead of 4 save ~6% of a step but reached

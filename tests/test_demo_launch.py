@@ -1,0 +1,44 @@
+"""How the demo starts its training: two data-parallel CPU processes with
+half the batch each where that is faster, one process otherwise."""
+import importlib.util
+import os.path as osp
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location(
+        'demo_script', osp.join(ROOT, 'tools', 'demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_processes_on_a_multicore_cpu(capsys):
+    demo = _demo()
+    env = {'PATH': '/bin'}
+    cmd, train_env = demo._train_command('py', 'wd', ['a=1'], 4, 4, False,
+                                         env)
+    assert cmd[:6] == ['py', '-m', 'torch.distributed.run', '--standalone',
+                       '--nproc_per_node', '2']
+    assert cmd[6:] == ['train.py', demo.CONFIG, '--launcher', 'pytorch',
+                       '--work-dir', 'wd', '--cfg-options', 'a=1',
+                       'train_dataloader.batch_size=2']
+    # Half the cores each; the caller's environment is not changed.
+    assert train_env['OMP_NUM_THREADS'] == '2' == train_env['MKL_NUM_THREADS']
+    assert env == {'PATH': '/bin'}
+    assert '2 data-parallel processes of 2 images each' in \
+        capsys.readouterr().out
+    # A thread count the user chose wins.
+    _, train_env = demo._train_command('py', 'wd', [], 4, 2, False,
+                                       {'OMP_NUM_THREADS': '1'})
+    assert train_env['OMP_NUM_THREADS'] == '1'
+
+
+def test_one_process_on_a_gpu_one_core_or_an_odd_batch():
+    demo = _demo()
+    for batch, cores, cuda in [(4, 2, True), (4, 1, False), (3, 2, False)]:
+        cmd, env = demo._train_command('py', 'wd', ['a=1'], batch, cores,
+                                       cuda, {})
+        assert cmd == ['py', 'train.py', demo.CONFIG, '--work-dir', 'wd',
+                       '--cfg-options', 'a=1'] and env == {}
