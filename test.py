@@ -198,7 +198,7 @@ def main():
     try:  # before the model is built: nothing is written if one fails
         cfg.test_evaluator.manifest = inference.preflight(
             cfg, checkpoint, evaluator['gt_dir'], args.format_dir,
-            args.resume)
+            args.resume, args.fuse_conv_bn)
     except inference.PreflightError as e:
         fail(e.what, e.why)
 

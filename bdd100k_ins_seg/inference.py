@@ -33,7 +33,8 @@ from .writer import PARTS_DIR, read_journals, read_score_file
 MANIFEST = '.run.json'
 #: What must match for a folder to be resumed, with the words of the error.
 _IDENTITY = (('config', 'config'), ('checkpoint', 'checkpoint'),
-             ('images', 'image list'))
+             ('images', 'image list'),
+             ('fuse_conv_bn', 'forward (--fuse-conv-bn)'))
 
 
 class PreflightError(ValueError):
@@ -138,10 +139,12 @@ def file_sha256(path: str) -> str:
 
 
 def make_manifest(cfg, checkpoint: str, paths: Sequence[str],
-                  score_thr: float = 0.0) -> Dict:
+                  score_thr: float = 0.0, fuse_conv_bn: bool = False) -> Dict:
     """Fingerprints of what decides the outputs: the model (with its
     test_cfg), the test pipeline and score threshold, the checkpoint's
-    bytes (or URL) and the image list."""
+    bytes (or URL), the image list, and the folded forward of
+    ``--fuse-conv-bn`` (recorded only when on: its outputs differ from the
+    plain forward's in the last digits)."""
     model = cfg.to_dict().get('model', {})
     pipeline = cfg.to_dict().get('test_dataloader', {}).get(
         'dataset', {}).get('pipeline')
@@ -153,9 +156,12 @@ def make_manifest(cfg, checkpoint: str, paths: Sequence[str],
     else:
         ckpt = 'sha256:' + file_sha256(checkpoint)
     names = '\n'.join(frame_name(p) for p in paths)
-    return dict(config=_sha256(config.encode()), checkpoint=ckpt,
-                images=_sha256(names.encode()), num_images=len(paths),
-                test_cfg=model.get('test_cfg'))
+    manifest = dict(config=_sha256(config.encode()), checkpoint=ckpt,
+                    images=_sha256(names.encode()), num_images=len(paths),
+                    test_cfg=model.get('test_cfg'))
+    if fuse_conv_bn:
+        manifest['fuse_conv_bn'] = True
+    return manifest
 
 
 def _read_manifest(out_dir: str) -> Optional[Dict]:
@@ -193,11 +199,12 @@ def prepare_output(out_dir: str, manifest: Dict, resume: bool) -> Set[str]:
         old = _read_manifest(out_dir)
         if old is not None:
             for key, words in _IDENTITY:
-                if old.get(key) != manifest[key]:
+                if old.get(key) != manifest.get(key):
                     raise PreflightError(
                         out_dir, f'holds predictions of another {words} '
-                        f'({old.get(key)} != {manifest[key]}); resume it '
-                        'with the same config, checkpoint and images, or '
+                        f'({old.get(key)} != {manifest.get(key)}); resume it '
+                        'with the same config, checkpoint, images and '
+                        '--fuse-conv-bn, or '
                         'use another --format-dir')
             done.update(read_score_file(out_dir))
             done.update(read_journals(out_dir))
@@ -215,7 +222,8 @@ def write_manifest(out_dir: str, manifest: Dict) -> None:
 
 
 def preflight(cfg, checkpoint: str, gt_dir: Optional[str],
-              format_dir: Optional[str], resume: bool) -> Optional[Dict]:
+              format_dir: Optional[str], resume: bool,
+              fuse_conv_bn: bool = False) -> Optional[Dict]:
     """All of test.py's checks before the model is built (see the module
     docstring). With ``format_dir``, leaves the complete images out of
     ``cfg.test_dataloader.dataset`` (``indices``) and returns the run
@@ -228,7 +236,8 @@ def preflight(cfg, checkpoint: str, gt_dir: Optional[str],
         check_images(paths)
         return None
     score_thr = (cfg.get('test_evaluator') or {}).get('score_thr', 0.0)
-    manifest = make_manifest(cfg, checkpoint, paths, score_thr)
+    manifest = make_manifest(cfg, checkpoint, paths, score_thr,
+                             fuse_conv_bn)
     done = prepare_output(format_dir, manifest, resume)
     todo = todo_indices(paths, done)
     check_images([paths[i] for i in todo])

@@ -286,3 +286,29 @@ def test_image_that_fails_to_decode_is_named(setup, tmp_path):
                cwd=tmp_path)
     one_line_error(proc, str(images / 'cut.png'))
     assert not (tmp_path / 'out' / 'score.json').exists()
+
+
+def test_resume_refuses_a_folder_of_the_other_forward(tmp_path):
+    """A folder written with the plain forward is not resumed with
+    --fuse-conv-bn (or the other way): the outputs differ in the last
+    digits. Without the flag the manifest is what it always was."""
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg import inference
+    cfg = Config(dict(model=dict(type='MaskRCNN')))
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'weights')
+    paths = ['a/b1.jpg', 'a/b2.jpg']
+    plain = inference.make_manifest(cfg, str(checkpoint), paths)
+    fused = inference.make_manifest(cfg, str(checkpoint), paths,
+                                    fuse_conv_bn=True)
+    assert 'fuse_conv_bn' not in plain and fused['fuse_conv_bn'] is True
+    assert {k: v for k, v in fused.items() if k != 'fuse_conv_bn'} == plain
+    for old, new in [(plain, fused), (fused, plain)]:
+        out = tmp_path / f'out{len(old)}'
+        out.mkdir()
+        (out / inference.MANIFEST).write_text(json.dumps(old))
+        with pytest.raises(inference.PreflightError,
+                           match='another forward .--fuse-conv-bn.'):
+            inference.prepare_output(str(out), new, resume=True)
+        assert inference.prepare_output(str(out), old, resume=True) == set()
