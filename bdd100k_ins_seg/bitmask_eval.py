@@ -17,7 +17,7 @@ instance spanning several categories, a prediction index listed twice in
 ``ValueError`` naming the file.
 """
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from bdd100k.eval.ins_seg import BDD100KInsSegEval

@@ -24,6 +24,7 @@ import math
 import os
 import os.path as osp
 import platform
+import statistics
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
@@ -52,23 +53,29 @@ def load_stage(name: str):
         raise
 
 
+def interleaved_medians(fns, repeats: int, sync=None) -> list:
+    """Median ms of each of ``fns``, called in turn ``repeats`` times (after
+    one warm-up call each): a load that comes and goes on the machine
+    falls on all of them alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for fn, spent in zip(fns, times):
+            if sync:
+                sync()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            spent.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(spent) for spent in times]
+
+
 def median_ms(fn, repeats: int, sync=None) -> float:
     """Median wall time of ``fn()`` in ms over ``repeats`` calls (after one
     warm-up call)."""
-    fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        if sync:
-            sync()
-        start = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    mid = len(times) // 2
-    return times[mid] if len(times) % 2 else (times[mid - 1] +
-                                              times[mid]) / 2
+    return interleaved_medians([fn], repeats, sync)[0]
 
 
 def make_row(stage: str, what: str, ms: float, baseline: str = '',

@@ -21,12 +21,11 @@ non-trivial ones is tested in ``tests/test_optimize.py``).
 """
 import copy
 import os.path as osp
-import time
 import warnings
 
 import numpy as np
 
-from . import SETTINGS, make_row
+from . import SETTINGS, interleaved_medians, make_row
 
 
 def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -93,25 +92,6 @@ def torchvision_model(device: str, width: int, height: int):
         rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000)
     model.transform.postprocess = lambda result, *args: result
     return model.eval().to(device)
-
-
-def interleaved_medians(fns, repeats: int, sync=None) -> list:
-    """Median ms of each of ``fns``, called in turn ``repeats`` times (after
-    one warm-up call each): a load that comes and goes on the machine
-    falls on all of them alike."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(max(1, repeats)):
-        for fn, spent in zip(fns, times):
-            if sync:
-                sync()
-            start = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            spent.append((time.perf_counter() - start) * 1000)
-    return [float(np.median(spent)) for spent in times]
 
 
 def largest_difference(a, b) -> float:

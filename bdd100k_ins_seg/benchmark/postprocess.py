@@ -30,33 +30,9 @@ import time
 
 import numpy as np
 
+from . import SETTINGS, make_row, median_ms
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def _settings():
-    try:
-        from . import SETTINGS
-        return SETTINGS
-    except ImportError:
-        return dict(size=(1280, 720), images=8)
-
-
-def _median_ms(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def _row(stage, what, ms, baseline='', baseline_ms=float('nan')):
-    return dict(stage=stage, what=what, ms_per_image=ms,
-                images_per_s=1000.0 / ms if ms > 0 else float('nan'),
-                baseline=baseline, baseline_ms_per_image=baseline_ms,
-                speedup=baseline_ms / ms if baseline and ms > 0 else
-                float('nan'))
 
 
 def make_predictions(num, width, height, seed=0):
@@ -96,7 +72,7 @@ def stage_b(device, repeats, work_dir, num=100):
     from ..bitmask import atomic_write, encode_bitmask
     from ..paste import enable_box_masks, paint
     from ..writer import PredictionWriter, render
-    width, height = _settings()['size']
+    width, height = SETTINGS['size']
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -149,10 +125,10 @@ def stage_b(device, repeats, work_dir, num=100):
         if not np.array_equal(reference, ours):
             raise RuntimeError('box paste and full paste differ')
 
-        t_today_paint = _median_ms(today_paint, repeats)
-        t_today = _median_ms(today_all, repeats)
-        t_paint = _median_ms(ours_paint, repeats)
-        t_ours = _median_ms(ours_all, repeats)
+        t_today_paint = median_ms(today_paint, repeats)
+        t_today = median_ms(today_all, repeats)
+        t_paint = median_ms(ours_paint, repeats)
+        t_ours = median_ms(ours_all, repeats)
         # What the main thread spends per image: the hand-off to the writer
         # (on a GPU the paste runs here, on the model's device).
         writer = PredictionWriter(out, workers=2, queue_size=repeats + 2,
@@ -176,11 +152,11 @@ def stage_b(device, repeats, work_dir, num=100):
     today = 'mmdet full paste + encode_bitmask'
     today_png = today + ' + PIL PNG (level 1) + write'
     return [
-        _row('b', f'box paste into the rank map ({size})', t_paint, today,
+        make_row('b', f'box paste into the rank map ({size})', t_paint, today,
              t_today_paint),
-        _row('b', f'box paste + RGBA + PNG + write, all work ({size})',
+        make_row('b', f'box paste + RGBA + PNG + write, all work ({size})',
              t_ours, today_png, t_today),
-        _row('b', f'main thread per image: hand-off to the background '
+        make_row('b', f'main thread per image: hand-off to the background '
              f'writer ({size})', t_main, today_png + ' (main thread)',
              t_today),
     ]
@@ -228,7 +204,7 @@ def stage_c(config, device, repeats, work_dir, count=12):
 
     from ..config_lookup import install_base_config_lookup
     install_base_config_lookup()
-    width, height = _settings()['size']
+    width, height = SETTINGS['size']
     threads = torch.get_num_threads()
     cfg = Config.fromfile(config)
     model = init_detector(cfg, checkpoint=None, device=device)
@@ -286,7 +262,7 @@ def stage_c(config, device, repeats, work_dir, count=12):
     name = osp.splitext(osp.basename(config))[0]
     what = (f'test.py --format-only, {name}, {width}x{height}, {device}, '
             f'{threads} threads, untrained weights')
-    return [_row('c', what, t_test, 'model forward alone (same images)',
+    return [make_row('c', what, t_test, 'model forward alone (same images)',
                  t_forward)]
 
 
