@@ -58,7 +58,11 @@ def fail(what: str, why: Union[str, BaseException],
         why: what is wrong with it, or the exception that says so.
         code: exit status (1; argparse uses 2 for usage errors).
     """
-    print(error_line(what, why), file=sys.stderr, flush=True)
+    # One write of the whole line: the ranks of a job share stderr, and a
+    # line written in pieces (print writes the newline apart) can be cut
+    # by another rank's.
+    sys.stderr.write(error_line(what, why) + '\n')
+    sys.stderr.flush()
     sys.exit(code)
 
 
