@@ -1,12 +1,12 @@
 """tools/benchmark.py on CPU at a tiny size: it runs, writes its rows, and
 checks the evaluators agree (no timing assertions)."""
-import importlib.util
 import json
 import math
 import os.path as osp
 import pytest
 
 import bdd100k_ins_seg.benchmark as benchmark
+from scripts import load_script
 
 SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -14,11 +14,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 def load_tool():
     """tools/benchmark.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', osp.join(REPO, 'tools', 'benchmark.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script('tools/benchmark.py', 'benchmark_tool')
 
 
 def test_benchmark_cli_tiny(tmp_path, capsys):

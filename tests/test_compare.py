@@ -1,7 +1,6 @@
 """`model_zoo.py compare` and `test.py --compare-published` on result files
 of the official evaluator (synthetic bitmasks), against published scores
 served by a local HTTP server."""
-import importlib.util
 import json
 import math
 import shutil
@@ -14,6 +13,7 @@ from test_evaluation import make_scenes
 from test_test_script import run, setup  # noqa: F401  (module fixture)
 from zoo_host import (NAME, REPO, Host, load_tool, official_cli,
                       script_name, write_predictions)  # noqa: F401
+from scripts import load_script
 
 # errors name the script as sys.argv[0] does
 pytestmark = pytest.mark.usefixtures('script_name')
@@ -245,10 +245,7 @@ def test_test_script_refuses_a_non_zoo_config_up_front(
     config = str(REPO / 'configs' / 'sample' / 'mask_rcnn_r18_fpn_sample.py')
     checkpoint = tmp_path / 'any.pth'
     checkpoint.write_bytes(b'never read')
-    spec = importlib.util.spec_from_file_location('test_script',
-                                                  REPO / 'test.py')
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script('test.py', 'test_script')
     monkeypatch.setattr(sys, 'argv', [
         'test.py', config, str(checkpoint), '--eval', '--compare-published',
         '--work-dir', str(tmp_path / 'wd')])

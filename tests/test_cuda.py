@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet)
+from scripts import load_script
 
 pytestmark = pytest.mark.cuda
 SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
@@ -56,11 +57,7 @@ def test_sample_model_features_on_cuda_equal_cpu():
 
 
 def test_benchmark_on_cuda(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('benchmark_tool',
-                                                  'tools/benchmark.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script('tools/benchmark.py', 'benchmark_tool')
     out = tmp_path / 'bench.json'
     tool.main([SAMPLE, '--device', 'cuda', '--json', str(out), '--repeats', '2',
           '--stages', 'a,e', '--size', '320x192'])

@@ -1,17 +1,10 @@
 """How the demo starts its training: two data-parallel CPU processes with
 half the batch each where that is faster, one process otherwise."""
-import importlib.util
-import os.path as osp
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from scripts import load_script
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location(
-        'demo_script', osp.join(ROOT, 'tools', 'demo.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/demo.py', 'demo_script')
 
 
 def test_two_processes_on_a_multicore_cpu(capsys):

@@ -16,6 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from scripts import load_script
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 WRONG = '--no-such-option'
@@ -139,13 +140,8 @@ def test_usage_parsing():
 
 
 def test_sample_counts_in_help_are_the_packages():
-    import importlib.util
-
     from bdd100k_ins_seg.sample_data import DEFAULT_COUNTS
-    spec = importlib.util.spec_from_file_location(
-        'make_sample_data', osp.join(REPO, 'tools', 'make_sample_data.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script('tools/make_sample_data.py', 'make_sample_data')
     assert tool.DEFAULT_COUNTS == DEFAULT_COUNTS
 
 

@@ -2,7 +2,6 @@
 run with its optimizer state, 2-process torchrun (gloo) keeps the ranks in
 sync, bad input fails with one line."""
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -12,6 +11,8 @@ import sys
 
 import pytest
 import torch
+
+from scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ZOO_CONFIG = osp.join(ROOT, 'configs', 'ins_seg',
@@ -88,11 +89,7 @@ class DumpParamsHook(Hook):
 
 
 def _load_train_script():
-    spec = importlib.util.spec_from_file_location(
-        'train_script', osp.join(ROOT, 'train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('train.py', 'train_script')
 
 
 @pytest.fixture(scope='module')

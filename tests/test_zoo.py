@@ -6,7 +6,6 @@ write; nothing leaves the machine.
 import functools
 import hashlib
 import http.server
-import importlib.util
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from bdd100k_ins_seg import zoo
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = 'mask_rcnn_r50_fpn_1x_ins_seg_bdd100k'
@@ -70,11 +70,7 @@ HOST = 'https://dl.cv.ethz.ch/bdd100k/ins_seg/models/'
 
 def load_tool():
     """tools/model_zoo.py as a module (its main() returns the exit code)."""
-    spec = importlib.util.spec_from_file_location(
-        'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/model_zoo.py', 'model_zoo_tool')
 
 
 # --- catalogue ---------------------------------------------------------------

@@ -2,7 +2,6 @@
 published files (scores from the official evaluator, predictions and
 visuals zips) in the original host's layout. Nothing leaves the machine."""
 import functools
-import importlib.util
 import http.server
 import json
 import os
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from bdd100k_ins_seg import zoo
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = 'mask_rcnn_r50_fpn_1x_ins_seg_bdd100k'
@@ -193,8 +193,4 @@ def script_name(monkeypatch):
 
 def load_tool():
     """tools/model_zoo.py as a module (its main() runs in-process)."""
-    spec = importlib.util.spec_from_file_location(
-        'model_zoo_tool', REPO / 'tools' / 'model_zoo.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/model_zoo.py', 'model_zoo_tool')
