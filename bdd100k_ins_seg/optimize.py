@@ -1,5 +1,5 @@
 """A faster inference forward: BatchNorm folded into the convolutions,
-channels_last memory on CPU.
+channels_last memory and faster convolution kernels on CPU.
 
 In eval mode a BatchNorm layer is a fixed per-channel affine map,
 ``y = (x - mean) / sqrt(var + eps) * gamma + beta``. When it reads a
@@ -28,7 +28,8 @@ model in training mode is refused (its BatchNorm may still learn, or its
 weights be updated from the folded values).
 
 :func:`optimize_for_inference` (the fold, and on CPU the channels_last
-memory format) is what ``test.py --fuse-conv-bn`` and the benchmark's
+memory format and :mod:`bdd100k_ins_seg.fast_conv`'s Winograd and oneDNN
+convolutions) is what ``test.py --fuse-conv-bn`` and the benchmark's
 optimized forward run.
 """
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -157,26 +158,37 @@ def use_channels_last(model: nn.Module) -> bool:
 
 
 def optimize_for_inference(model: nn.Module, fold_bn: bool = True,
-                           channels_last: Optional[bool] = None) -> Dict:
+                           channels_last: Optional[bool] = None,
+                           fast_convs: Optional[bool] = None) -> Dict:
     """The inference optimizations of this package, in place, on an
-    eval-mode ``model``: BatchNorm folding (:func:`fold_batchnorm`) and
-    the channels_last memory format for its 4-d weights (so the conv
-    outputs, and the features, are channels_last: oneDNN's convolutions
-    need no layout conversions then; the inputs may stay NCHW). Default
-    ``channels_last``: :func:`use_channels_last`.
+    eval-mode ``model``: BatchNorm folding (:func:`fold_batchnorm`), the
+    channels_last memory format for its 4-d weights (so the conv outputs,
+    and the features, are channels_last: oneDNN's convolutions need no
+    layout conversions then; the inputs may stay NCHW) and
+    :func:`bdd100k_ins_seg.fast_conv.use_fast_convs` (Winograd for the wide
+    3x3 convolutions, oneDNN for the 1x1 ones; CPU only, the layers fall
+    back to ``nn.Conv2d``'s forward elsewhere). Default ``channels_last``
+    and ``fast_convs``: :func:`use_channels_last`.
 
     Returns ``{'folded': BatchNorms folded, 'left': BatchNorms left,
-    'channels_last': bool}``. Raises ``ValueError`` for a model in
+    'channels_last': bool, 'winograd': 3x3 layers for Winograd,
+    'onednn_1x1': 1x1 layers}``. Raises ``ValueError`` for a model in
     training mode.
     """
     _check_eval(model, 'optimize_for_inference')
     folded = fold_batchnorm(model) if fold_bn else 0
     if channels_last is None:
         channels_last = use_channels_last(model)
+    if fast_convs is None:
+        fast_convs = use_channels_last(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    convs = dict(winograd=0, onednn_1x1=0)
+    if fast_convs:
+        from .fast_conv import use_fast_convs
+        convs = use_fast_convs(model)
     return dict(folded=folded, left=count_batchnorm(model),
-                channels_last=bool(channels_last))
+                channels_last=bool(channels_last), **convs)
 
 
 def optimize_runner_model(runner) -> Dict:
@@ -193,5 +205,8 @@ def optimize_runner_model(runner) -> Dict:
         'their convolutions' + (
             f", {done['left']} left (after deformable convs or other layers "
             'they cannot be folded into)' if done['left'] else '') +
-        ('; channels_last memory format' if done['channels_last'] else ''))
+        ('; channels_last memory format' if done['channels_last'] else '') +
+        (f"; {done['winograd']} 3x3 convolutions on Winograd F(2x2, 3x3), "
+         f"{done['onednn_1x1']} 1x1 on oneDNN" if done['winograd'] or
+         done['onednn_1x1'] else ''))
     return done

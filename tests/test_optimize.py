@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet.models)
-from bdd100k_ins_seg import optimize
+from bdd100k_ins_seg import fast_conv, optimize
 from bdd100k_ins_seg.optimize import (count_batchnorm, fold_batchnorm,
                                       optimize_for_inference)
 from test_configs import CONFIG_DIR, SUFFIX, build_model
@@ -163,9 +163,10 @@ def zoo_model(name, overrides):
 
 
 @pytest.mark.parametrize('family', list(FAMILIES))
-def test_zoo_family_predicts_the_same_after_folding(family):
+def test_zoo_family_predicts_the_same_after_folding(family, monkeypatch):
     """Random weights and BN statistics, a 320x192 image: the boxes,
-    scores, labels and 28x28 mask logits of the folded model equal the
+    scores, labels and 28x28 mask logits of the folded model (with the
+    Winograd 3x3 convolutions of the FPN, RPN and mask heads) equal the
     plain model's within 1e-4."""
     from mmdet.structures import DetDataSample
     name, overrides = FAMILIES[family]
@@ -225,7 +226,12 @@ def test_zoo_family_predicts_the_same_after_folding(family):
     # Only the BatchNorms after a deformable conv (no bias to fold into).
     assert left == done['left'] == (13 if family.startswith('dcn') else 0)
     assert done['folded'] + left == n_bn
+    winograd_calls = []
+    winograd = fast_conv.winograd_conv3x3
+    monkeypatch.setattr(fast_conv, 'winograd_conv3x3', lambda *a, **k: (
+        winograd_calls.append(1), winograd(*a, **k))[1])
     ours, our_logits = predict(folded_model)
+    assert done['winograd'] > 0 and len(winograd_calls) >= 6
     assert len(plain) == 30 and plain_logits.shape[-2:] == (28, 28)
     torch.testing.assert_close(ours.bboxes, plain.bboxes, **TOL)
     torch.testing.assert_close(ours.scores, plain.scores, **TOL)

@@ -146,7 +146,9 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     name = osp.splitext(osp.basename(config))[0]
     where = f'{width}x{height}, {device}, {torch.get_num_threads()} threads'
     optimized = (f"{name} optimized forward ({done['folded']} BN folded"
-                 + (', channels_last' if done['channels_last'] else '') +
+                 + (', channels_last' if done['channels_last'] else '')
+                 + (f", {done['winograd']} Winograd 3x3"
+                    if done['winograd'] else '') +
                  f'; predictions within {difference:.1e}), {where}')
     return [
         make_row('a', f'{name} forward, {where}', plain_ms),
