@@ -115,9 +115,15 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor,
         raise ValueError(f'winograd_conv3x3: a {h}x{w} input with padding '
                          f'{padding} has no 3x3 output')
     th, tw = (ho + 1) // 2, (wo + 1) // 2
-    # NHWC, padded so that every tile has its 4x4 input.
-    xp = F.pad(x.permute(0, 2, 3, 1),
-               (0, 0, pw, 2 * tw + 2 - w - pw, ph, 2 * th + 2 - h - ph))
+    # NHWC, padded so that every tile has its 4x4 input; only the border
+    # is zeroed (F.pad fills the whole tensor first).
+    hp, wp = 2 * th + 2, 2 * tw + 2
+    xp = x.new_empty(n, hp, wp, c)
+    xp[:, ph:ph + h, pw:pw + w] = x.permute(0, 2, 3, 1)
+    xp[:, :ph] = 0
+    xp[:, ph + h:] = 0
+    xp[:, ph:ph + h, :pw] = 0
+    xp[:, ph:ph + h, pw + w:] = 0
     out = x.new_empty(n, th, 2, tw, 2, co)
     if n == 0:
         return out.view(n, 2 * th, 2 * tw, co)[:, :ho, :wo].permute(
