@@ -89,3 +89,23 @@ def test_largest_difference_between_predictions():
     assert largest_difference(a, d) == float('inf')
     assert largest_difference(a, pred([[0., 0., 100., 50.]], [0.9], [1])) \
         == float('inf')
+
+
+def test_a_wrong_optimized_forward_is_refused(monkeypatch, tmp_path):
+    """Stage a compares the two forwards' feature pyramids before timing."""
+    import torch
+
+    import bdd100k_ins_seg.benchmark.model as stage
+    from bdd100k_ins_seg import optimize
+    optimize_for_inference = optimize.optimize_for_inference
+
+    def wrong(model):
+        done = optimize_for_inference(model)
+        with torch.no_grad():
+            model.neck.fpn_convs[0].conv.bias.add_(1.0)
+        return done
+
+    monkeypatch.setattr(optimize, 'optimize_for_inference', wrong)
+    monkeypatch.setitem(benchmark.SETTINGS, 'size', (96, 64))
+    with pytest.raises(RuntimeError, match='computes other features'):
+        stage.run(SAMPLE, 'cpu', 1, str(tmp_path))
