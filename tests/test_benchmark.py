@@ -109,3 +109,24 @@ def test_a_wrong_optimized_forward_is_refused(monkeypatch, tmp_path):
     monkeypatch.setitem(benchmark.SETTINGS, 'size', (96, 64))
     with pytest.raises(RuntimeError, match='computes other features'):
         stage.run(SAMPLE, 'cpu', 1, str(tmp_path))
+
+
+def test_conv_stage_rows(tmp_path):
+    """Stage f at a tiny size: one row per layer, Winograd within 1e-4
+    (relative) of the direct convolution, the gate's verdict named."""
+    import re
+    out = tmp_path / 'conv.json'
+    load_tool().main([SAMPLE, '--device', 'cpu', '--json', str(out),
+                      '--repeats', '1', '--stages', 'f', '--size', '256x128',
+                      '--threads', '1'])
+    rows = json.loads(out.read_text())['rows']
+    assert [r['stage'] for r in rows] == ['f'] * 6
+    for row in rows:
+        error = float(re.search(r'within (\S+) of direct', row['what'])[1])
+        assert error < 1e-4
+        assert row['speedup'] == pytest.approx(
+            row['baseline_ms_per_image'] / row['ms_per_image'])
+    used = ['not used' not in r['what'] for r in rows]
+    # 256 channels at 32x64 and 100 RoIs: Winograd; 64 channels and the
+    # smallest map: direct.
+    assert used == [True, False, False, True, False, False]

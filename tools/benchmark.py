@@ -8,7 +8,7 @@ import argparse
 
 #: Stage letters, as in bdd100k_ins_seg.benchmark.STAGE_MODULES (not
 #: imported here: --help answers without loading the stack).
-STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e')
+STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e', 'f')
 
 
 def parse_args(argv=None):
@@ -28,7 +28,7 @@ def parse_args(argv=None):
                         help='torch intra-op threads (default: '
                         'bdd100k_ins_seg.threads, OMP_NUM_THREADS wins)')
     parser.add_argument('--stages', default=None,
-                        help='comma-separated subset of a,b,c,d,e '
+                        help='comma-separated subset of a,b,c,d,e,f '
                         '(default: all)')
     parser.add_argument('--size', default='1280x720',
                         help='image WIDTHxHEIGHT (default 1280x720)')

@@ -10,7 +10,9 @@ and ratios) to OUT. Stages (letters as in ``--stages``):
 - d: our evaluator against ``bdd100k.eval.run``'s code on the same files,
   one process each, identical numbers checked (``evaluator``);
 - e: the forward against torchvision's ``maskrcnn_resnet50_fpn``, same image,
-  same threads (``model``).
+  same threads (``model``);
+- f: the forward's 3x3 convolution layers, Winograd against the direct
+  convolution (``conv``; CPU).
 
 Each stage module has ``run(config, device, repeats, work_dir) -> list`` of
 rows ``{'stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
@@ -30,10 +32,10 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 #: The stage modules, in the order they run.
-STAGES = ['model', 'postprocess', 'evaluator']
+STAGES = ['model', 'postprocess', 'evaluator', 'conv']
 #: Which module measures each stage letter.
 STAGE_MODULES = {'a': 'model', 'b': 'postprocess', 'c': 'postprocess',
-                 'd': 'evaluator', 'e': 'model'}
+                 'd': 'evaluator', 'e': 'model', 'f': 'conv'}
 ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
             'baseline_ms_per_image', 'speedup')
 
