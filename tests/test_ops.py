@@ -451,3 +451,50 @@ def test_mask_rcnn_predict_and_train_step_on_cpu(tmp_path, variant):
     if variant == 'dcn_r50':
         conv_offset = model.backbone.layer2[0].conv2.conv_offset.weight
         assert conv_offset.grad is not None
+
+
+@pytest.mark.parametrize('aligned', [True, False])
+@pytest.mark.parametrize('sampling_ratio', [0, 1, 2, 3])
+@pytest.mark.parametrize('block', [None, 50])
+def test_roi_align_backward_equals_torchvision_kernel(
+        monkeypatch, aligned, sampling_ratio, block):
+    """The separable CPU backward against torchvision's own CPU backward
+    kernel (per-sample weights, written independently), float64: boxes
+    inside, across and wholly outside the map, degenerate (zero size) and
+    larger than the map, several images, and RoI chunks (``block``)."""
+    from bdd100k_ins_seg.ops import torchvision_ext
+    if block:
+        monkeypatch.setattr(torchvision_ext, '_BLOCK', block)
+    gen = torch.Generator().manual_seed(7 + sampling_ratio)
+    n, c, h, w = 3, 4, 13, 17
+    rois = _random_rois(60, n, h, w, 0.5, gen)
+    extra = torch.tensor([[0, 3., 3., 3., 3.],  # zero size
+                          [1, -40., -30., -20., -10.],  # outside
+                          [2, -8., -6., 60., 40.],  # larger than the map
+                          [2, 30., 20., 33.9, 25.9],  # last row/column
+                          [0, 33.5, 25.5, 34., 26.]], dtype=torch.float64)
+    rois = torch.cat([rois, extra])
+    grad = torch.randn(rois.size(0), c, 3, 2, generator=gen,
+                       dtype=torch.float64)
+    ours = torchvision_ext.roi_align_backward_cpu(
+        grad, rois, 0.5, sampling_ratio, aligned, (n, c, h, w))
+    theirs = torch.ops.torchvision._roi_align_backward(
+        grad, rois, 0.5, 3, 2, n, c, h, w, sampling_ratio, aligned)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert theirs.abs().sum() > 0
+
+
+def test_roi_align_backward_float32_and_no_rois():
+    from bdd100k_ins_seg.ops import torchvision_ext
+    gen = torch.Generator().manual_seed(3)
+    rois = _random_rois(30, 2, 20, 24, 0.25, gen).float()
+    grad = torch.randn(30, 8, 7, 7, generator=gen)
+    ours = torchvision_ext.roi_align_backward_cpu(grad, rois, 0.25, 0, True,
+                                                  (2, 8, 20, 24))
+    theirs = torch.ops.torchvision._roi_align_backward(
+        grad, rois, 0.25, 7, 7, 2, 8, 20, 24, 0, True)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    empty = torchvision_ext.roi_align_backward_cpu(
+        grad[:0], rois[:0], 0.25, 0, True, (2, 8, 20, 24))
+    assert empty.shape == (2, 8, 20, 24) and not empty.any()
