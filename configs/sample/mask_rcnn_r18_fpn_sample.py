@@ -4,9 +4,10 @@ few minutes on 2 CPU cores. What `make demo` trains.
 
 On 2 cores the number of updates matters more than model size, so the model
 is narrow, the batch small and the RoI sampling light. A training step is
-mostly convolution backward (~39% of the CPU time), forward (~16%) and
-RoIAlign (~11%; torchvision's kernels are single-threaded, so with 2+
-threads bdd100k_ins_seg.ops runs each image's RoIs on a thread of its own);
+mostly convolution backward (~40% of the CPU time), forward (~17%) and
+RoIAlign (~10%; bdd100k_ins_seg.ops computes its backward per RoI window,
+~3x torchvision's CPU kernel, and with 2+ threads runs each image's RoIs
+on a thread of its own);
 loading 4 small images takes ~1.5%, hooks and logging well under 1%.
 
 Another length: --cfg-options train_cfg.max_iters=N. ScaleScheduleHook
