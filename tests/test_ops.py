@@ -453,6 +453,42 @@ def test_mask_rcnn_predict_and_train_step_on_cpu(tmp_path, variant):
         assert conv_offset.grad is not None
 
 
+def _odd_rois(rois):
+    """``rois`` plus boxes of zero size, wholly outside the map, larger
+    than it and on its last row and column (a 13x17 map at scale 0.5)."""
+    extra = torch.tensor([[0, 3., 3., 3., 3.],  # zero size
+                          [1, -40., -30., -20., -10.],  # outside
+                          [2, -8., -6., 60., 40.],  # larger than the map
+                          [2, 30., 20., 33.9, 25.9],  # last row/column
+                          [0, 33.5, 25.5, 34., 26.]], dtype=torch.float64)
+    return torch.cat([rois, extra])
+
+
+@pytest.mark.parametrize('aligned', [True, False])
+@pytest.mark.parametrize('sampling_ratio', [0, 1, 2, 3])
+@pytest.mark.parametrize('block', [None, 50])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_roi_align_forward_equals_torchvision_kernel(
+        monkeypatch, aligned, sampling_ratio, block, channels_last):
+    """The separable CPU forward against torchvision's CPU kernel, float64,
+    the cases of the backward test below, NCHW and channels_last maps."""
+    from bdd100k_ins_seg.ops import torchvision_ext
+    if block:
+        monkeypatch.setattr(torchvision_ext, '_BLOCK', block)
+    gen = torch.Generator().manual_seed(11 + sampling_ratio)
+    n, c, h, w = 3, 4, 13, 17
+    rois = _odd_rois(_random_rois(60, n, h, w, 0.5, gen))
+    feats = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    if channels_last:
+        feats = feats.contiguous(memory_format=torch.channels_last)
+    ours = torchvision_ext.roi_align_forward_cpu(feats, rois, (3, 2), 0.5,
+                                                 sampling_ratio, aligned)
+    theirs = torch.ops.torchvision.roi_align(feats, rois, 0.5, 3, 2,
+                                             sampling_ratio, aligned)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert theirs.abs().sum() > 0
+
+
 @pytest.mark.parametrize('aligned', [True, False])
 @pytest.mark.parametrize('sampling_ratio', [0, 1, 2, 3])
 @pytest.mark.parametrize('block', [None, 50])
@@ -467,13 +503,7 @@ def test_roi_align_backward_equals_torchvision_kernel(
         monkeypatch.setattr(torchvision_ext, '_BLOCK', block)
     gen = torch.Generator().manual_seed(7 + sampling_ratio)
     n, c, h, w = 3, 4, 13, 17
-    rois = _random_rois(60, n, h, w, 0.5, gen)
-    extra = torch.tensor([[0, 3., 3., 3., 3.],  # zero size
-                          [1, -40., -30., -20., -10.],  # outside
-                          [2, -8., -6., 60., 40.],  # larger than the map
-                          [2, 30., 20., 33.9, 25.9],  # last row/column
-                          [0, 33.5, 25.5, 34., 26.]], dtype=torch.float64)
-    rois = torch.cat([rois, extra])
+    rois = _odd_rois(_random_rois(60, n, h, w, 0.5, gen))
     grad = torch.randn(rois.size(0), c, 3, 2, generator=gen,
                        dtype=torch.float64)
     ours = torchvision_ext.roi_align_backward_cpu(
@@ -482,6 +512,21 @@ def test_roi_align_backward_equals_torchvision_kernel(
         grad, rois, 0.5, 3, 2, n, c, h, w, sampling_ratio, aligned)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     assert theirs.abs().sum() > 0
+
+
+def test_roi_align_forward_float32_and_no_rois():
+    from bdd100k_ins_seg.ops import torchvision_ext
+    gen = torch.Generator().manual_seed(4)
+    rois = _random_rois(30, 2, 20, 24, 0.25, gen).float()
+    feats = torch.randn(2, 8, 20, 24, generator=gen)
+    ours = torchvision_ext.roi_align_forward_cpu(feats, rois, (7, 7), 0.25, 0,
+                                                 True)
+    theirs = torch.ops.torchvision.roi_align(feats, rois, 0.25, 7, 7, 0, True)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    empty = torchvision_ext.roi_align_forward_cpu(feats, rois[:0], (7, 7),
+                                                  0.25, 0, True)
+    assert empty.shape == (0, 8, 7, 7)
 
 
 def test_roi_align_backward_float32_and_no_rois():
@@ -498,3 +543,22 @@ def test_roi_align_backward_float32_and_no_rois():
     empty = torchvision_ext.roi_align_backward_cpu(
         grad[:0], rois[:0], 0.25, 0, True, (2, 8, 20, 24))
     assert empty.shape == (2, 8, 20, 24) and not empty.any()
+
+
+def test_roi_align_reads_channels_last_maps_in_place(monkeypatch):
+    """mmcv's roi_align on a channels_last map runs the separable forward
+    (no NCHW copy), on an NCHW map torchvision's kernel; same numbers."""
+    from bdd100k_ins_seg.ops import torchvision_ext
+    calls = []
+    separable = torchvision_ext.roi_align_forward_cpu
+    monkeypatch.setattr(torchvision_ext, 'roi_align_forward_cpu',
+                        lambda *a, **k: (calls.append(1), separable(*a, **k))[1])
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(2, 6, 12, 15, generator=gen)
+    rois = _random_rois(20, 2, 12, 15, 0.5, gen).float()
+    nchw = roi_align(feats, rois, (7, 7), 0.5, 0, 'avg', True)
+    assert calls == []
+    nhwc = roi_align(feats.contiguous(memory_format=torch.channels_last),
+                     rois, (7, 7), 0.5, 0, 'avg', True)
+    assert calls  # once, or once per image on 2+ threads
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-5, atol=1e-6)

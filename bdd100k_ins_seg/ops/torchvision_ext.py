@@ -8,7 +8,9 @@ extension is absent, so it must import nothing but torch and torchvision.
 
 Provided, with mmcv's semantics (CPU and CUDA tensors unless noted):
 
-* ``roi_align_forward`` / ``roi_align_backward`` (avg pooling),
+* ``roi_align_forward`` / ``roi_align_backward`` (avg pooling; on CPU the
+  backward, and the forward on channels_last maps, in separable form:
+  :func:`roi_align_backward_cpu`, :func:`roi_align_forward_cpu`),
 * ``nms`` (and therefore mmcv's ``batched_nms``),
 * ``softnms`` (linear, gaussian and naive; CPU, as in mmcv),
 * ``deform_conv_forward`` / ``deform_conv_backward_input`` /
@@ -95,6 +97,13 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x, *,
     rois = rois.to(input.dtype)
 
     def forward(feats, boxes):
+        if (feats.device.type == 'cpu'
+                and feats.dtype in (torch.float32, torch.float64)
+                and feats.dim() == 4 and not feats.is_contiguous()
+                and feats.is_contiguous(memory_format=torch.channels_last)):
+            return roi_align_forward_cpu(
+                feats, boxes, (int(aligned_height), int(aligned_width)),
+                float(spatial_scale), int(sampling_ratio), bool(aligned))
         return _call(tv_roi_align, feats, boxes,
                      (aligned_height, aligned_width),
                      spatial_scale=float(spatial_scale),
@@ -152,10 +161,10 @@ def _axis_weights(lo, hi, pooled, scale, sampling_ratio, aligned, length):
     """RoIAlign's bilinear weights along one axis (rows or columns).
 
     ``lo``, ``hi``: (R, ) box edges in image coordinates. Returns
-    ``(weights (R, pooled, window), first (R, ), grid (R, ))``: entry
-    ``[r, p, k]`` is the summed weight that pixel ``first[r] + k`` gets
-    from the samples of bin ``p`` along this axis, and ``grid[r]`` the
-    number of samples per bin. The rules are torchvision's and mmcv's
+    ``(weights (R, pooled, window), first (R, ), grid (R, ), extent (R, ))``:
+    entry ``[r, p, k]`` is the summed weight that pixel ``first[r] + k``
+    gets from the samples of bin ``p`` along this axis (zero for ``k >=
+    extent[r]``), and ``grid[r]`` the number of samples per bin. The rules are torchvision's and mmcv's
     (same dtype and order of operations for the sample positions): a
     sample outside [-1, length] gives nothing, one in [-1, 0) counts as 0,
     one at or past ``length - 1`` reads the last pixel only.
@@ -191,21 +200,70 @@ def _axis_weights(lo, hi, pooled, scale, sampling_ratio, aligned, length):
         first = low.masked_fill(~valid, big).flatten(1).amin(1)
         first = torch.where(first == big, torch.zeros_like(first), first)
         stop = high.masked_fill(~valid, -1).flatten(1).amax(1)
-        window = max(int((stop - first).max()) + 1, 1)
+        extent = (stop - first + 1).clamp(min=1)
+        window = int(extent.max())
     else:
         first = torch.zeros_like(grid)
+        extent = torch.ones_like(grid)
         window = 1
     rel_low = (low - first.view(-1, 1, 1)).clamp(0, window - 1)
     rel_high = (high - first.view(-1, 1, 1)).clamp(0, window - 1)
     weights = lo.new_zeros(lo.size(0), pooled, window)
     weights.scatter_add_(2, rel_low, w_low)
     weights.scatter_add_(2, rel_high, w_high)
-    return weights, first, grid
+    return weights, first, grid, extent
 
 
 # Elements of a (RoIs, C, rows, columns) gradient window block: larger
 # blocks are cut into RoI chunks.
 _BLOCK = 1 << 23
+
+
+def roi_align_forward_cpu(input, rois, pooled, spatial_scale,
+                          sampling_ratio, aligned):
+    """RoIAlign (avg) on the CPU: (K, C, ph, pw) from ``input`` (N, C, H, W)
+    and ``rois`` (K, 5), torchvision's and mmcv's sampling rules.
+
+    The separable form of :func:`roi_align_backward_cpu`'s doc: per RoI,
+    ``Wy @ window @ Wx^T / count``, two small matmuls that read the RoI's
+    window of the channels-last map in place (a (rows, columns x C) matrix
+    with the map's row stride). torchvision's kernel copies a channels_last
+    map to NCHW on every call and samples channel by channel; for NCHW maps
+    it is used as it is (``roi_align_forward``). Each image on its own, as
+    the backward.
+    """
+    k = rois.size(0)
+    c = input.size(1)
+    out = input.new_zeros(k, c, *pooled)
+    batch = rois[:, 0].long()
+    for b in torch.unique(batch).tolist():
+        idx = (batch == b).nonzero().squeeze(1)
+        out[idx] = _image_forward(input[b], rois[idx], pooled, spatial_scale,
+                                  sampling_ratio, aligned)
+    return out
+
+
+def _image_forward(feat, rois, pooled, spatial_scale, sampling_ratio,
+                   aligned):
+    c, h, w = feat.shape
+    ph, pw = pooled
+    fmap = feat.permute(1, 2, 0)  # (H, W, C)
+    if not fmap.is_contiguous():
+        fmap = fmap.contiguous()
+    wy, y0, gy, ey = _axis_weights(rois[:, 2], rois[:, 4], ph, spatial_scale,
+                                   sampling_ratio, aligned, h)
+    wx, x0, gx, ex = _axis_weights(rois[:, 1], rois[:, 3], pw, spatial_scale,
+                                   sampling_ratio, aligned, w)
+    count = (gy * gx).clamp(min=1).to(feat.dtype)
+    out = feat.new_empty(rois.size(0), ph, pw, c)
+    for r, (y, x, hr, wr) in enumerate(zip(y0.tolist(), x0.tolist(),
+                                           ey.tolist(), ex.tolist())):
+        # the window of sampled pixels lies inside the map (the weights'
+        # first pixel and extent come from clamped sample positions)
+        window = fmap[y:y + hr, x:x + wr].reshape(hr, wr * c)
+        part = torch.mm(wy[r, :, :hr], window).view(ph, wr, c)
+        torch.matmul(wx[r, :, :wr], part, out=out[r])
+    return out.permute(0, 3, 1, 2) / count.view(-1, 1, 1, 1)
 
 
 def roi_align_backward_cpu(grad, rois, spatial_scale, sampling_ratio,
@@ -242,10 +300,10 @@ def _image_backward(out, grad, rois, spatial_scale, sampling_ratio, aligned,
                     h, w):
     """Adds the gradient of one image's RoIs into ``out`` (H * W, C)."""
     c, ph, pw = grad.shape[1:]
-    wy, y0, gy = _axis_weights(rois[:, 2], rois[:, 4], ph, spatial_scale,
-                               sampling_ratio, aligned, h)
-    wx, x0, gx = _axis_weights(rois[:, 1], rois[:, 3], pw, spatial_scale,
-                               sampling_ratio, aligned, w)
+    wy, y0, gy, _ = _axis_weights(rois[:, 2], rois[:, 4], ph, spatial_scale,
+                                  sampling_ratio, aligned, h)
+    wx, x0, gx, _ = _axis_weights(rois[:, 1], rois[:, 3], pw, spatial_scale,
+                                  sampling_ratio, aligned, w)
     count = (gy * gx).clamp(min=1).to(grad.dtype)
     # (R, ph, pw, C), each RoI's gradient over its count of samples
     grad = (grad / count.view(-1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
