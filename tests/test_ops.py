@@ -1,7 +1,5 @@
 """The torchvision-backed mmcv ops against plain-PyTorch references."""
 import math
-import subprocess
-import sys
 import time
 
 import pytest
