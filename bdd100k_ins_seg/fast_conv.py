@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ['InferenceConv2d', 'use_fast_convs', 'winograd_conv3x3',
-           'winograd_weight', 'direct_conv2d']
+           'winograd_pays', 'winograd_weight', 'direct_conv2d']
 
 # Measured on a 2-core AMD EPYC, 1 thread (Winograd / direct): 256->256 at
 # 184x320 1.26x, 46x80 1.48x, 23x40 (512) 1.6x, 100x14x14 1.3x; 256 at
@@ -59,6 +59,21 @@ _BIAS_SLOT = 5
 
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(
     torch, 'mkldnn_convolution')
+
+
+def winograd_pays(conv: nn.Conv2d, output_pixels: Optional[int] = None
+                  ) -> bool:
+    """Whether ``conv`` is a layer for :func:`winograd_conv3x3`: 3x3, stride
+    1, undilated, ungrouped, zero padding, at least ``MIN_CHANNELS`` in and
+    out, and (when given) at least ``MIN_OUTPUT_PIXELS`` output pixels
+    (images x rows x columns) in the call."""
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == 'zeros'
+            and isinstance(conv.padding, tuple)
+            and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+            and (output_pixels is None
+                 or output_pixels >= MIN_OUTPUT_PIXELS))
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -195,12 +210,10 @@ class InferenceConv2d(nn.Conv2d):
                 or (torch.is_grad_enabled()
                     and (x.requires_grad or weight.requires_grad))):
             return ''
-        if (self.kernel_size == (3, 3) and self.stride == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1
-                and isinstance(self.padding, tuple)
-                and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
-                and x.size(0) * (x.size(2) + 2 * self.padding[0] - 2) *
-                (x.size(3) + 2 * self.padding[1] - 2) >= MIN_OUTPUT_PIXELS):
+        pad = self.padding
+        if isinstance(pad, tuple) and winograd_pays(
+                self, x.size(0) * (x.size(2) + 2 * pad[0] - 2) *
+                (x.size(3) + 2 * pad[1] - 2)):
             return 'winograd'
         if self.kernel_size == (1, 1) and x.dtype == torch.float32 and \
                 isinstance(self.padding, tuple):
@@ -253,9 +266,7 @@ def use_fast_convs(model: nn.Module) -> Dict[str, int]:
         if type(m) not in plain or m.padding_mode != 'zeros':
             continue
         m.__class__ = InferenceConv2d
-        if (m.kernel_size == (3, 3) and m.stride == (1, 1)
-                and m.dilation == (1, 1) and m.groups == 1
-                and min(m.in_channels, m.out_channels) >= MIN_CHANNELS):
+        if winograd_pays(m):
             done['winograd'] += 1
         elif m.kernel_size == (1, 1):
             done['onednn_1x1'] += 1

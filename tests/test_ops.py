@@ -549,8 +549,12 @@ def test_roi_align_reads_channels_last_maps_in_place(monkeypatch):
     from bdd100k_ins_seg.ops import torchvision_ext
     calls = []
     separable = torchvision_ext.roi_align_forward_cpu
-    monkeypatch.setattr(torchvision_ext, 'roi_align_forward_cpu',
-                        lambda *a, **k: (calls.append(1), separable(*a, **k))[1])
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return separable(*args, **kwargs)
+
+    monkeypatch.setattr(torchvision_ext, 'roi_align_forward_cpu', spy)
     gen = torch.Generator().manual_seed(5)
     feats = torch.randn(2, 6, 12, 15, generator=gen)
     rois = _random_rois(20, 2, 12, 15, 0.5, gen).float()

@@ -28,8 +28,7 @@ def shapes(width: int, height: int) -> list:
 
 
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
-    from ..fast_conv import (MIN_CHANNELS, MIN_OUTPUT_PIXELS,
-                             winograd_conv3x3, winograd_weight)
+    from ..fast_conv import winograd_conv3x3, winograd_pays, winograd_weight
     if device != 'cpu':
         return []  # the Winograd path is for CPU inference only
     width, height = SETTINGS['size']
@@ -49,8 +48,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
             ours_ms, direct_ms = interleaved_medians(
                 [lambda: winograd_conv3x3(x, u, bias),
                  lambda: F.conv2d(x, weight, bias, padding=1)], repeats)
-        used = (min(ci, co) >= MIN_CHANNELS
-                and n * h * w >= MIN_OUTPUT_PIXELS)
+        used = winograd_pays(
+            torch.nn.Conv2d(ci, co, 3, padding=1, device='meta'), n * h * w)
         rows.append(make_row(
             'f', f'3x3 conv {ci}->{co}, {n}x{h}x{w}, Winograd F(2x2, 3x3)'
             f' (within {error:.1e} of direct; '

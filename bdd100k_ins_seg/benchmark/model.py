@@ -13,8 +13,9 @@ detections to both).
 Stage a gives the plain forward and the optimized one
 (:func:`bdd100k_ins_seg.optimize.optimize_for_inference`, what ``test.py
 --fuse-conv-bn`` runs: BN folding, and on CPU channels_last memory and
-:mod:`bdd100k_ins_seg.fast_conv`'s Winograd 3x3 convolutions) against it; stage e the optimized forward against
-torchvision's (its default memory format and FrozenBatchNorm). The three
+:mod:`bdd100k_ins_seg.fast_conv`'s Winograd 3x3 convolutions) against it;
+stage e the optimized forward against torchvision's (its default memory
+format and FrozenBatchNorm). The three
 are timed in turn, repeat after repeat (:func:`interleaved_medians`), and
 the two forwards' feature pyramids are checked to agree first (with these
 untrained BN statistics the fold changes little: the equality of the

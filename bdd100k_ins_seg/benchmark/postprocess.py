@@ -152,13 +152,13 @@ def stage_b(device, repeats, work_dir, num=100):
     today = 'mmdet full paste + encode_bitmask'
     today_png = today + ' + PIL PNG (level 1) + write'
     return [
-        make_row('b', f'box paste into the rank map ({size})', t_paint, today,
-             t_today_paint),
+        make_row('b', f'box paste into the rank map ({size})', t_paint,
+                 today, t_today_paint),
         make_row('b', f'box paste + RGBA + PNG + write, all work ({size})',
-             t_ours, today_png, t_today),
+                 t_ours, today_png, t_today),
         make_row('b', f'main thread per image: hand-off to the background '
-             f'writer ({size})', t_main, today_png + ' (main thread)',
-             t_today),
+                 f'writer ({size})', t_main, today_png + ' (main thread)',
+                 t_today),
     ]
 
 

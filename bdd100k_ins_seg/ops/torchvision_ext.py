@@ -164,10 +164,11 @@ def _axis_weights(lo, hi, pooled, scale, sampling_ratio, aligned, length):
     ``(weights (R, pooled, window), first (R, ), grid (R, ), extent (R, ))``:
     entry ``[r, p, k]`` is the summed weight that pixel ``first[r] + k``
     gets from the samples of bin ``p`` along this axis (zero for ``k >=
-    extent[r]``), and ``grid[r]`` the number of samples per bin. The rules are torchvision's and mmcv's
-    (same dtype and order of operations for the sample positions): a
-    sample outside [-1, length] gives nothing, one in [-1, 0) counts as 0,
-    one at or past ``length - 1`` reads the last pixel only.
+    extent[r]``), and ``grid[r]`` the number of samples per bin. The rules
+    are torchvision's and mmcv's (same dtype and order of operations for
+    the sample positions): a sample outside [-1, length] gives nothing,
+    one in [-1, 0) counts as 0, one at or past ``length - 1`` reads the
+    last pixel only.
     """
     offset = 0.5 if aligned else 0.0
     start = lo * scale - offset
@@ -214,6 +215,19 @@ def _axis_weights(lo, hi, pooled, scale, sampling_ratio, aligned, length):
     return weights, first, grid, extent
 
 
+def _roi_weights(rois, pooled, spatial_scale, sampling_ratio, aligned, h,
+                 w):
+    """:func:`_axis_weights` of the rows and of the columns of ``rois`` (K,
+    5), ``(weights, first, extent)`` each, and each RoI's sample count
+    (at least 1), in the RoIs' dtype."""
+    wy, y0, gy, ey = _axis_weights(rois[:, 2], rois[:, 4], pooled[0],
+                                   spatial_scale, sampling_ratio, aligned, h)
+    wx, x0, gx, ex = _axis_weights(rois[:, 1], rois[:, 3], pooled[1],
+                                   spatial_scale, sampling_ratio, aligned, w)
+    count = (gy * gx).clamp(min=1).to(rois.dtype)
+    return (wy, y0, ey), (wx, x0, ex), count
+
+
 # Elements of a (RoIs, C, rows, columns) gradient window block: larger
 # blocks are cut into RoI chunks.
 _BLOCK = 1 << 23
@@ -232,12 +246,8 @@ def roi_align_forward_cpu(input, rois, pooled, spatial_scale,
     it is used as it is (``roi_align_forward``). Each image on its own, as
     the backward.
     """
-    k = rois.size(0)
-    c = input.size(1)
-    out = input.new_zeros(k, c, *pooled)
-    batch = rois[:, 0].long()
-    for b in torch.unique(batch).tolist():
-        idx = (batch == b).nonzero().squeeze(1)
+    out = input.new_zeros(rois.size(0), input.size(1), *pooled)
+    for b, idx in _images_of(rois):
         out[idx] = _image_forward(input[b], rois[idx], pooled, spatial_scale,
                                   sampling_ratio, aligned)
     return out
@@ -250,11 +260,8 @@ def _image_forward(feat, rois, pooled, spatial_scale, sampling_ratio,
     fmap = feat.permute(1, 2, 0)  # (H, W, C)
     if not fmap.is_contiguous():
         fmap = fmap.contiguous()
-    wy, y0, gy, ey = _axis_weights(rois[:, 2], rois[:, 4], ph, spatial_scale,
-                                   sampling_ratio, aligned, h)
-    wx, x0, gx, ex = _axis_weights(rois[:, 1], rois[:, 3], pw, spatial_scale,
-                                   sampling_ratio, aligned, w)
-    count = (gy * gx).clamp(min=1).to(feat.dtype)
+    (wy, y0, ey), (wx, x0, ex), count = _roi_weights(
+        rois, pooled, spatial_scale, sampling_ratio, aligned, h, w)
     out = feat.new_empty(rois.size(0), ph, pw, c)
     for r, (y, x, hr, wr) in enumerate(zip(y0.tolist(), x0.tolist(),
                                            ey.tolist(), ex.tolist())):
@@ -288,9 +295,7 @@ def roi_align_backward_cpu(grad, rois, spatial_scale, sampling_ratio,
     """
     n, c, h, w = shape
     out = grad.new_zeros(n, h * w, c)
-    batch = rois[:, 0].long()
-    for b in torch.unique(batch).tolist():
-        idx = (batch == b).nonzero().squeeze(1)
+    for b, idx in _images_of(rois):
         _image_backward(out[b], grad[idx], rois[idx], spatial_scale,
                         sampling_ratio, aligned, h, w)
     return out.view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
@@ -300,11 +305,8 @@ def _image_backward(out, grad, rois, spatial_scale, sampling_ratio, aligned,
                     h, w):
     """Adds the gradient of one image's RoIs into ``out`` (H * W, C)."""
     c, ph, pw = grad.shape[1:]
-    wy, y0, gy, _ = _axis_weights(rois[:, 2], rois[:, 4], ph, spatial_scale,
-                                  sampling_ratio, aligned, h)
-    wx, x0, gx, _ = _axis_weights(rois[:, 1], rois[:, 3], pw, spatial_scale,
-                                  sampling_ratio, aligned, w)
-    count = (gy * gx).clamp(min=1).to(grad.dtype)
+    (wy, y0, _), (wx, x0, _), count = _roi_weights(
+        rois, (ph, pw), spatial_scale, sampling_ratio, aligned, h, w)
     # (R, ph, pw, C), each RoI's gradient over its count of samples
     grad = (grad / count.view(-1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
     hn, wn = wy.size(2), wx.size(2)
@@ -347,14 +349,20 @@ def _split_by_image(tensor, rois):
     if (tensor.device.type != 'cpu' or torch.get_num_threads() < 2
             or tensor.size(0) < 2 or rois.size(0) < 2):
         return None
-    batch = rois[:, 0].long()
     parts = []
-    for b in torch.unique(batch).tolist():
-        idx = (batch == b).nonzero().squeeze(1)
+    for b, idx in _images_of(rois):
         boxes = rois[idx]
         boxes[:, 0] = 0
         parts.append((b, idx, boxes))
     return parts if len(parts) > 1 else None
+
+
+def _images_of(rois):
+    """``[(image, indices of its RoIs in order), ...]`` for the images that
+    ``rois`` (K, 5) name."""
+    batch = rois[:, 0].long()
+    return [(b, (batch == b).nonzero().squeeze(1))
+            for b in torch.unique(batch).tolist()]
 
 
 def _forget_pool():
