@@ -168,7 +168,8 @@ def _axis_weights(lo, hi, pooled, scale, sampling_ratio, aligned, length):
     are torchvision's and mmcv's (same dtype and order of operations for
     the sample positions): a sample outside [-1, length] gives nothing,
     one in [-1, 0) counts as 0, one at or past ``length - 1`` reads the
-    last pixel only.
+    last pixel only. ``length`` is an int, or a (R, ) tensor of one
+    length per box (the rows and the columns of the RoIs in one call).
     """
     offset = 0.5 if aligned else 0.0
     start = lo * scale - offset
@@ -184,13 +185,15 @@ def _axis_weights(lo, hi, pooled, scale, sampling_ratio, aligned, length):
     p = torch.arange(pooled, dtype=lo.dtype, device=lo.device).view(1, -1, 1)
     k = torch.arange(most, dtype=lo.dtype, device=lo.device).view(1, 1, -1)
     grid_f = grid.to(lo.dtype).clamp(min=1).view(-1, 1, 1)
+    if isinstance(length, torch.Tensor):
+        length = length.view(-1, 1, 1)
     pos = (start.view(-1, 1, 1) + p * bin_size.view(-1, 1, 1) +
            (k + 0.5) * bin_size.view(-1, 1, 1) / grid_f)
     valid = (k < grid.view(-1, 1, 1)) & (pos >= -1.0) & (pos <= length)
     pos = pos.clamp(min=0)
     low = pos.floor().long()
     last = low >= length - 1
-    low = torch.where(last, torch.full_like(low, length - 1), low)
+    low = torch.where(last, torch.zeros_like(low) + (length - 1), low)
     pos = torch.where(last, low.to(pos.dtype), pos)
     high = torch.where(last, low, low + 1)
     frac = pos - low.to(pos.dtype)
@@ -219,11 +222,27 @@ def _roi_weights(rois, pooled, spatial_scale, sampling_ratio, aligned, h,
                  w):
     """:func:`_axis_weights` of the rows and of the columns of ``rois`` (K,
     5), ``(weights, first, extent)`` each, and each RoI's sample count
-    (at least 1), in the RoIs' dtype."""
-    wy, y0, gy, ey = _axis_weights(rois[:, 2], rois[:, 4], pooled[0],
-                                   spatial_scale, sampling_ratio, aligned, h)
-    wx, x0, gx, ex = _axis_weights(rois[:, 1], rois[:, 3], pooled[1],
-                                   spatial_scale, sampling_ratio, aligned, w)
+    (at least 1), in the RoIs' dtype. Each RoI's entries depend on that RoI
+    only; the windows are as wide as the widest RoI's along either axis."""
+    k = rois.size(0)
+    if pooled[0] == pooled[1]:
+        # rows and columns in one pass: half the small ops
+        length = torch.full((2 * k, ), h, dtype=torch.long,
+                            device=rois.device)
+        length[k:] = w
+        wyx, first, grid, extent = _axis_weights(
+            torch.cat([rois[:, 2], rois[:, 1]]),
+            torch.cat([rois[:, 4], rois[:, 3]]), pooled[0], spatial_scale,
+            sampling_ratio, aligned, length)
+        wy, y0, gy, ey = wyx[:k], first[:k], grid[:k], extent[:k]
+        wx, x0, gx, ex = wyx[k:], first[k:], grid[k:], extent[k:]
+    else:
+        wy, y0, gy, ey = _axis_weights(rois[:, 2], rois[:, 4], pooled[0],
+                                       spatial_scale, sampling_ratio,
+                                       aligned, h)
+        wx, x0, gx, ex = _axis_weights(rois[:, 1], rois[:, 3], pooled[1],
+                                       spatial_scale, sampling_ratio,
+                                       aligned, w)
     count = (gy * gx).clamp(min=1).to(rois.dtype)
     return (wy, y0, ey), (wx, x0, ex), count
 
@@ -294,22 +313,32 @@ def roi_align_backward_cpu(grad, rois, spatial_scale, sampling_ratio,
     splitting the RoIs by image, on threads, gives the same bits.
     """
     n, c, h, w = shape
+    ph, pw = grad.shape[2:]
     out = grad.new_zeros(n, h * w, c)
-    for b, idx in _images_of(rois):
-        _image_backward(out[b], grad[idx], rois[idx], spatial_scale,
-                        sampling_ratio, aligned, h, w)
-    return out.view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
-
-
-def _image_backward(out, grad, rois, spatial_scale, sampling_ratio, aligned,
-                    h, w):
-    """Adds the gradient of one image's RoIs into ``out`` (H * W, C)."""
-    c, ph, pw = grad.shape[1:]
-    (wy, y0, _), (wx, x0, _), count = _roi_weights(
+    (wy, y0, ey), (wx, x0, ex), count = _roi_weights(
         rois, (ph, pw), spatial_scale, sampling_ratio, aligned, h, w)
-    # (R, ph, pw, C), each RoI's gradient over its count of samples
+    # (K, ph, pw, C), each RoI's gradient over its count of samples
     grad = (grad / count.view(-1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
-    hn, wn = wy.size(2), wx.size(2)
+    images = _images_of(rois)
+    for b, idx in images:
+        if len(images) == 1:
+            idx = slice(None)
+        _image_backward(out[b], grad[idx], (wy[idx], y0[idx], ey[idx]),
+                        (wx[idx], x0[idx], ex[idx]), h, w)
+    # NCHW values in channels-last strides: the caller copies them into its
+    # gradient tensor, one pass
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _image_backward(out, grad, rows, cols, h, w):
+    """Adds the gradient of one image's RoIs into ``out`` (H * W, C):
+    ``grad`` (R, ph, pw, C) already divided by the sample counts, ``rows``
+    and ``cols`` the RoIs' :func:`_roi_weights`."""
+    (wy, y0, ey), (wx, x0, ex) = rows, cols
+    ph, pw, c = grad.shape[1:]
+    # the windows as wide as this image's widest RoI, whatever the others
+    hn, wn = int(ey.max()), int(ex.max())
+    wy, wx = wy[:, :, :hn], wx[:, :, :wn]
     rows = (y0.view(-1, 1) + torch.arange(hn, device=grad.device)).clamp(
         max=h - 1)
     cols = (x0.view(-1, 1) + torch.arange(wn, device=grad.device)).clamp(
@@ -317,7 +346,7 @@ def _image_backward(out, grad, rois, spatial_scale, sampling_ratio, aligned,
     # Pixels past the map's edge in a window have zero weight; clamped,
     # they add zeros to the edge.
     index = (rows.view(-1, hn, 1) * w + cols.view(-1, 1, wn)).view(-1)
-    k = rois.size(0)
+    k = grad.size(0)
     step = max(1, _BLOCK // max(1, c * hn * wn))
     for r0 in range(0, k, step):
         r1 = min(k, r0 + step)
@@ -325,7 +354,7 @@ def _image_backward(out, grad, rois, spatial_scale, sampling_ratio, aligned,
         # columns: (wn, pw) @ (pw, C) for every RoI and bin row
         cols_t = wx[r0:r1].transpose(1, 2).unsqueeze(1).expand(
             m, ph, wn, pw).reshape(m * ph, wn, pw)
-        part = torch.bmm(cols_t, grad[r0:r1].view(m * ph, pw, c))
+        part = torch.bmm(cols_t, grad[r0:r1].reshape(m * ph, pw, c))
         # rows: (hn, ph) @ (ph, wn * C) for every RoI -> (hn, wn, C)
         part = torch.bmm(wy[r0:r1].transpose(1, 2),
                          part.view(m, ph, wn * c))
