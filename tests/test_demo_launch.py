@@ -35,3 +35,33 @@ def test_one_process_on_a_gpu_one_core_or_an_odd_batch():
                                        cuda, {})
         assert cmd == ['py', 'train.py', demo.CONFIG, '--work-dir', 'wd',
                        '--cfg-options', 'a=1'] and env == {}
+
+
+def test_a_checkpoint_is_reused_only_if_it_fits_the_config(tmp_path):
+    import copy
+
+    import torch
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.checkpoint import model_state_shapes
+    demo = _demo()
+    cfg = Config.fromfile(demo.CONFIG)
+
+    def save(model_cfg, name):
+        state = {k: torch.zeros(v.shape) for k, v in
+                 model_state_shapes(model_cfg).items()}
+        path = tmp_path / name
+        torch.save({'state_dict': state, 'meta': {}}, path)
+        return str(path)
+
+    assert demo._unfit(cfg, save(cfg.model, 'fits.pth')) is None
+    # A checkpoint of an earlier version of the config (mmdet's 4 mask
+    # convs) is named with what does not fit, and trained again.
+    older = copy.deepcopy(cfg.model)
+    older.roi_head.mask_head.num_convs = 4
+    why = demo._unfit(cfg, save(older, 'older.pth'))
+    assert why.startswith('it does not fit the model of the config: ')
+    assert 'first unexpected: roi_head.mask_head.convs.2.conv.weight' in why
+    (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
+    assert demo._unfit(cfg, str(tmp_path / 'broken.pth')).startswith(
+        'unreadable: ')

@@ -109,13 +109,18 @@ def main(argv=None):
     for other in _other_checkpoints(args.work_dir, ckpt):
         print(f'ignoring {other} (not the {max_iters}-iteration schedule '
               f'of {CONFIG})')
-    # A checkpoint trained on other data is not reused.
-    if osp.isfile(ckpt) and not (args.retrain or fresh_data):
+    # A checkpoint trained on other data, or for another version of the
+    # config's model, is not reused.
+    why = None
+    if osp.isfile(ckpt):
+        why = ('--retrain' if args.retrain else
+               'the sample was made anew' if fresh_data else
+               _unfit(cfg, ckpt))
+    if osp.isfile(ckpt) and why is None:
         print(f'reusing the finished checkpoint {ckpt} (--retrain to train '
               'again)')
     else:
         if osp.isfile(ckpt):
-            why = '--retrain' if args.retrain else 'the sample was made anew'
             print(f'ignoring the existing checkpoint {ckpt} ({why}): '
                   'training again')
         # test.py below scores the model: no validation pass during
@@ -238,6 +243,23 @@ def _train_command(py, work_dir, options, batch_size, cores, cuda, env):
             '--nproc_per_node', '2', 'train.py', CONFIG, '--launcher',
             'pytorch', '--work-dir', work_dir, '--cfg-options', *options,
             f'train_dataloader.batch_size={batch_size // 2}'], env
+
+
+def _unfit(cfg, ckpt):
+    """Why ``ckpt`` cannot be the model of ``cfg`` (unreadable, or trained
+    for another version of the config), or None if it fits."""
+    import bdd100k_ins_seg  # noqa: F401 - registers the package's modules
+    from bdd100k_ins_seg.checkpoint import (CheckpointError,
+                                            CheckpointMismatchError,
+                                            check_checkpoint)
+    try:
+        check_checkpoint(cfg, ckpt)
+    except CheckpointMismatchError as e:
+        return f'it {e}'.replace(' (--non-strict loads the matching part)',
+                                 '')
+    except CheckpointError as e:
+        return f'unreadable: {e}'
+    return None
 
 
 def _other_checkpoints(work_dir, ckpt):
