@@ -126,6 +126,9 @@ def build_config(args):
             cfg.model_wrapper_cfg = dict(
                 type='MMDistributedDataParallel', device_ids=None,
                 broadcast_buffers=False,
+                # Gradients live in the all-reduce buckets: no copy in and
+                # out of them at every step.
+                gradient_as_bucket_view=True,
                 find_unused_parameters=cfg.get('find_unused_parameters',
                                                False))
 

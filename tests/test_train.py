@@ -77,7 +77,10 @@ class DumpParamsHook(Hook):
     def _dump(self, runner, when):
         model = getattr(runner.model, 'module', runner.model)
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
-        torch.save(dict(world_size=get_world_size(), params=params),
+        torch.save(dict(world_size=get_world_size(), params=params,
+                        wrapper=type(runner.model).__name__,
+                        bucket_view=getattr(runner.model,
+                                            'gradient_as_bucket_view', None)),
                    f'{runner.work_dir}/params_{when}_rank{get_rank()}.pt')
 
     def before_train(self, runner):
@@ -253,6 +256,9 @@ def test_torchrun_two_processes_agree(tiny_config, tmp_path):
         work_dir / f'params_{when}_rank{rank}.pt', weights_only=False)
         for when in ('before', 'after') for rank in (0, 1)}
     assert all(d['world_size'] == 2 for d in dumps.values())
+    # mmengine's DDP, the gradients in its all-reduce buckets
+    assert all(d['wrapper'] == 'MMDistributedDataParallel' and
+               d['bucket_view'] is True for d in dumps.values())
     before, after = dumps['before', 0]['params'], dumps['after', 0]['params']
     assert any(not torch.equal(before[k], after[k]) for k in before)
     other = dumps['after', 1]['params']
