@@ -352,18 +352,42 @@ def _on_signal(signum, frame):
     # nothing: the checkpoint is on its way.
 
 
+# The handlers that stop_on_signals replaced, while it is active.
+_PREVIOUS_HANDLERS = {}
+
+
+def _restore_handlers_in_child():
+    """A child forked inside :func:`stop_on_signals` (the evaluator's
+    multiprocessing pool at a validation, any forked helper) gets the
+    handlers of before: only the training process finishes its iteration
+    on SIGTERM. A pool worker that kept ``_on_signal`` would survive the
+    SIGTERM of ``Pool.terminate()``, and the pool's exit would wait for it
+    forever. (Dataloader workers set their own handlers after this.)"""
+    for s, handler in _PREVIOUS_HANDLERS.items():
+        if signal.getsignal(s) is _on_signal:
+            signal.signal(s, handler)
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_restore_handlers_in_child)
+
+
 @contextlib.contextmanager
 def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
     """Within the block, SIGTERM/SIGINT request a stop at the end of the
     running iteration (see :class:`FaultTolerantTrainHook`) instead of
-    killing the process. The previous handlers come back afterwards."""
+    killing the process; forked children keep the usual handlers. The
+    previous handlers come back afterwards."""
     previous = {s: signal.signal(s, _on_signal) for s in signals}
+    _PREVIOUS_HANDLERS.update((s, h) for s, h in previous.items()
+                              if h is not _on_signal)
     _STOP['signum'] = None
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _PREVIOUS_HANDLERS.clear()
         _STOP['signum'] = None
 
 

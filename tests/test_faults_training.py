@@ -349,3 +349,41 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(fault_config,
     weights = _load(work_dir / 'iter_2.pth')['state_dict']
     assert all(torch.isfinite(v).all() for v in weights.values()
                if v.is_floating_point())
+
+
+def test_forked_children_keep_the_usual_signal_handlers():
+    """The in-loop evaluator forks a multiprocessing pool during training:
+    its workers must not inherit the finish-the-iteration handler, or they
+    survive ``Pool.terminate()``'s SIGTERM and the pool's exit waits for
+    them forever (a hang at the end of a validation)."""
+    import multiprocessing
+
+    from bdd100k_ins_seg import training
+    pool = multiprocessing.get_context('fork').Pool(1)
+    try:
+        outside = pool.apply(signal.getsignal, (signal.SIGTERM, ))
+    finally:
+        pool.close()
+        pool.join()
+    with training.stop_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is training._on_signal
+        pool = multiprocessing.get_context('fork').Pool(1)
+        try:
+            inside = pool.apply(signal.getsignal, (signal.SIGTERM, ))
+        finally:
+            pool.close()  # sentinels, no SIGTERM: cannot hang
+            pool.join()
+    assert inside == outside == signal.SIG_DFL
+    # The evaluator's own pattern, `with Pool(...)` (terminate on exit),
+    # during training: it returns.
+    script = (
+        'import multiprocessing, signal\n'
+        'from bdd100k_ins_seg import training\n'
+        'with training.stop_on_signals():\n'
+        "    with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        '        assert pool.map(abs, [-1, -2, 3]) == [1, 2, 3]\n'
+        "print('pool closed')\n")
+    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and 'pool closed' in proc.stdout, \
+        proc.stderr[-2000:]
