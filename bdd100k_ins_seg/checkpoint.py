@@ -37,7 +37,12 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """A checkpoint whose keys or shapes do not fit the model."""
+    """A checkpoint whose keys or shapes do not fit the model; ``mismatch``
+    is the one-line description without the command-line hint."""
+
+    def __init__(self, mismatch, hint=''):
+        super().__init__(mismatch + hint)
+        self.mismatch = mismatch
 
 
 def _history_buffer_getattr(obj, name):
@@ -245,12 +250,13 @@ def checkpoint_state_dict(checkpoint):
                        for k, v in state_dict.items())
 
 
-def check_checkpoint(cfg, filename, strict=True):
+def check_checkpoint(cfg, filename, strict=True, keep_loaded=True):
     """Pre-flight check of the weights a script is about to load.
 
     Loads ``filename`` (local path or URL, through mmengine's loaders) and,
     when ``strict``, compares its keys and shapes with the model ``cfg``
-    builds. The loaded file is kept for the runner's load that follows.
+    builds. The loaded file is kept for the runner's load that follows
+    (unless ``keep_loaded`` is False: no load follows in this process).
 
     Raises:
         CheckpointError: unreadable file (one-line message).
@@ -265,7 +271,7 @@ def check_checkpoint(cfg, filename, strict=True):
                 filename, map_location='cpu')
         else:
             checkpoint = _load_from_local(filename, 'cpu',
-                                          keep_for_next_load=True)
+                                          keep_for_next_load=keep_loaded)
         state_dict = checkpoint_state_dict(checkpoint)
     except (CheckpointError, FileNotFoundError) as e:
         raise CheckpointError(_first_line(e)) from None
@@ -281,8 +287,8 @@ def check_checkpoint(cfg, filename, strict=True):
         _PRELOADED.clear()
         raise CheckpointMismatchError(
             'does not fit the model of the config: '
-            f'{describe_mismatch(*mismatch)} (--non-strict loads the '
-            'matching part)')
+            f'{describe_mismatch(*mismatch)}',
+            ' (--non-strict loads the matching part)')
 
 
 def check_checkpoint_or_fail(cfg, filename, strict=True):

@@ -226,9 +226,9 @@ def _train_command(py, work_dir, options, batch_size, cores, cuda, env):
     config's batch (the same images per step, the same learning rate) and
     half the threads (bdd100k_ins_seg.threads). A step of the sample model
     took 0.43-0.45 s so instead of 0.59 s in one 2-thread process (2-core
-    machine, idle; 0.38-0.41 s with the faster RoIAlign backward): Python
-    overhead and the single-threaded ops run side by side. One process on
-    a GPU, on one core, or with an odd batch.
+    machine, idle, an earlier recipe): Python overhead and the
+    single-threaded ops run side by side. One process on a GPU, on one
+    core, or with an odd batch.
     """
     if cuda or cores < 2 or batch_size % 2:
         return [py, 'train.py', CONFIG, '--work-dir', work_dir,
@@ -253,10 +253,9 @@ def _unfit(cfg, ckpt):
                                             CheckpointMismatchError,
                                             check_checkpoint)
     try:
-        check_checkpoint(cfg, ckpt)
+        check_checkpoint(cfg, ckpt, keep_loaded=False)
     except CheckpointMismatchError as e:
-        return f'it {e}'.replace(' (--non-strict loads the matching part)',
-                                 '')
+        return f'it {e.mismatch}'
     except CheckpointError as e:
         return f'unreadable: {e}'
     return None
