@@ -89,6 +89,8 @@ def test_sample_config_keeps_its_shape_with_other_max_iters():
     nominal = cfg.train_cfg.max_iters
     assert nominal_iters_of(cfg) == nominal
     hook = ScaleScheduleHook(nominal)
+    decays = sorted(cfg.param_scheduler[1].milestones)
+    assert decays and all(0 < m < nominal for m in decays)
 
     # The nominal length: nothing changes.
     runner, optimizer = fake_runner(cfg, nominal)
@@ -103,9 +105,13 @@ def test_sample_config_keeps_its_shape_with_other_max_iters():
         assert runner.hooks[0].interval == max_iters
         assert runner.train_loop.val_interval == max_iters
         lrs = lr_after(runner, optimizer, max_iters)
-        # Warm-up, then the two decays, at the same fractions.
+        # Warm-up, then the decays, at the same fractions.
         assert lrs[0] == pytest.approx(0.01) == reference[0]
-        for frac, lr in ((0.5, 1.0), (0.8, 0.1), (0.99, 0.01)):
+        points = [(0.5, 1.0), (0.99, 0.1**len(decays))]
+        for i, milestone in enumerate(decays):
+            frac = milestone / nominal
+            points += [(frac - 2 / max_iters, 0.1**i), (frac, 0.1**(i + 1))]
+        for frac, lr in points:
             assert lrs[int(frac * max_iters)] == pytest.approx(lr)
             assert reference[int(frac * nominal)] == pytest.approx(lr)
         # Scaling again (a resumed run) changes nothing.
