@@ -149,6 +149,37 @@ def test_roi_align_images_on_threads_same_bits(num_threads, aligned):
     torch.testing.assert_close(out2, ref, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_roi_align_threads_record_no_graph(num_threads, channels_last):
+    """The per-image threads run the kernels without autograd, as mmcv's
+    Function runs them. Grad mode is per thread: with it on there, every
+    image's result went into the shared output through autograd (whose
+    internal asserts then failed now and then in training), and the
+    channels-last kernel's ``out=`` matmuls refused a map that requires
+    grad, as the FPN's does."""
+    from bdd100k_ins_seg.ops import torchvision_ext
+    num_threads(2)
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(3, 8, 24, 40, generator=gen)
+    if channels_last:
+        feats = feats.contiguous(memory_format=torch.channels_last)
+    feats.requires_grad_()
+    rois = _random_rois(30, 3, 24, 40, 1.0, gen).float()
+    out = roi_align(feats, rois, (7, 7), 1.0, 0, 'avg', True)
+    assert type(out.grad_fn).__name__ == 'RoIAlignFunctionBackward'
+    out.backward(torch.ones_like(out))
+    assert feats.grad.abs().sum() > 0
+    # The kernel as mmcv's Function calls it: grad off on this thread.
+    output = feats.new_zeros(30, 8, 7, 7)
+    with torch.no_grad():
+        torchvision_ext.roi_align_forward(
+            feats, rois, output, None, None, aligned_height=7,
+            aligned_width=7, spatial_scale=1.0, sampling_ratio=0,
+            pool_mode=1, aligned=True)
+    assert not output.requires_grad and output.grad_fn is None
+    assert torch.equal(output, out.detach())
+
+
 def test_roi_align_splits_rois_by_image(num_threads):
     from bdd100k_ins_seg.ops import torchvision_ext
     rois = torch.tensor([[1, 0, 0, 4, 4], [0, 1, 1, 3, 3], [1, 2, 2, 5, 5.]])

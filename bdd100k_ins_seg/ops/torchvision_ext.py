@@ -407,13 +407,25 @@ if hasattr(os, 'register_at_fork'):
 
 def _run_parallel(job, parts):
     """``job(part)`` for every part, on up to torch's intra-op thread
-    count of threads."""
+    count of threads.
+
+    The jobs are kernels filling their outputs in place, and they run
+    without autograd. Grad mode is per thread: the caller's (an autograd
+    Function, where it is off) does not reach the pool's threads, which
+    would otherwise record a graph for every part, writing into the shared
+    output at once (autograd's internal asserts fail), or refuse the
+    ``out=`` matmuls."""
     global _POOL
     threads = min(torch.get_num_threads(), len(parts))
     if _POOL is None or _POOL._max_workers < threads:
         from concurrent.futures import ThreadPoolExecutor
         _POOL = ThreadPoolExecutor(threads, thread_name_prefix='roi_align')
-    for future in [_POOL.submit(job, part) for part in parts]:
+
+    def run(part):
+        with torch.no_grad():
+            job(part)
+
+    for future in [_POOL.submit(run, part) for part in parts]:
         future.result()
 
 
