@@ -34,10 +34,10 @@ image_size = (320, 192)  # (width, height) of the sample images
 # recipes of this model: 32.4 after 700 updates with a second decay at 650
 # (30.9 with seed 1), 34.4 with 64 sampled RoIs per image, 35.6 with mmdet's
 # 4 mask convs and a 64-channel RPN head as well, 31.7 with 2 mask convs of
-# 32 channels. Fewer images fall below the demo's bar of 30: this schedule
-# stopped at 625 updates 31.0 and 29.4 (seeds 0 and 1), the 700-update one
-# scaled to 660 27.2; 420 updates of an earlier one 23.5; 500 with lr 3e-3
-# and 2 mask convs 25.3; 1000 updates of 2 images 26.7.
+# 32 channels. Fewer images fall below the demo's bar of 30: this run's
+# checkpoint at 625 updates 31.0 and 29.4 (seeds 0 and 1), the 700-update
+# schedule scaled to 660 27.2; 420 updates of an earlier one 23.5; 500 with
+# lr 3e-3 and 2 mask convs 25.3; 1000 updates of 2 images 26.7.
 max_iters = 650
 
 model = dict(
