@@ -4,17 +4,11 @@ few minutes on 2 CPU cores. What `make demo` trains.
 
 On 2 cores the number of updates matters more than model size, so the model
 is narrow, the batch small and the RoI sampling light. A training step is
-mostly convolution backward and forward. The mask head's convolutions over
-the positive RoIs cost more than the whole backbone, so it has 2 of mmdet's
-4, and the RPN head 32 channels: with fused AdamW and 200 proposals per
-level before NMS, the demo's training took 255 s instead of 295 s (34.4
-mask AP instead of 35.6); with 48 sampled RoIs per image instead of 64,
-245 s (32.4 mask AP). The LR then decays once, at 520 of 650 updates: the
-50 updates at a hundredth of the LR that an earlier schedule added moved
-the AP by -0.8 and +0.4 on two seeds. RoIAlign's backward runs per RoI
-window (bdd100k_ins_seg.ops, ~3x torchvision's CPU kernel) and, with 2+
-threads, each image's RoIs on a thread of its own; loading 4 small images
-takes ~2%, hooks and logging well under 1%.
+mostly convolution backward and forward, and the mask head's convolutions
+over the positive RoIs cost more than the whole backbone: hence 2 mask
+convs instead of mmdet's 4, a 32-channel RPN head, 48 sampled RoIs per
+image and fused AdamW. What each choice cost in time and AP, and the
+schedules tried: README, "Quick start".
 
 Another length: --cfg-options train_cfg.max_iters=N. ScaleScheduleHook
 (bdd100k_ins_seg.schedule) then scales the warm-up, the LR milestones and
@@ -30,14 +24,8 @@ _base_ = [
 data_root = 'data/bdd100k_sample/'
 image_size = (320, 192)  # (width, height) of the sample images
 # 650 updates of 4 images: 31.6 mask AP on the sample's val split in the
-# demo's two CPU processes of 2 images each (31.3 with seed 1). Earlier
-# recipes of this model: 32.4 after 700 updates with a second decay at 650
-# (30.9 with seed 1), 34.4 with 64 sampled RoIs per image, 35.6 with mmdet's
-# 4 mask convs and a 64-channel RPN head as well, 31.7 with 2 mask convs of
-# 32 channels. Fewer images fall below the demo's bar of 30: this run's
-# checkpoint at 625 updates 31.0 and 29.4 (seeds 0 and 1), the 700-update
-# schedule scaled to 660 27.2; 420 updates of an earlier one 23.5; 500 with
-# lr 3e-3 and 2 mask convs 25.3; 1000 updates of 2 images 26.7.
+# demo's two CPU processes of 2 images each (31.3 with seed 1); the demo's
+# bar is 30, and shorter schedules fell below it.
 max_iters = 650
 
 model = dict(
