@@ -512,6 +512,22 @@ def _to_coco(mask_dir: str, out_json: str, nproc: int) -> None:
     write_json(bitmasks_to_coco(mask_dir, nproc), out_json)
 
 
+def _write_scene(task) -> int:
+    """Render one scene, write its image (and its bitmask unless
+    ``mask_dir`` is None); return its number of instances."""
+    seed, split, index, size, img_dir, mask_dir = task
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    image, label = render_scene(rng, size)
+    name = sample_name(seed, split, index)
+    Image.fromarray(image).save(osp.join(img_dir, name + '.jpg'),
+                                quality=JPEG_QUALITY)
+    if mask_dir is None:
+        return 0
+    Image.fromarray(label, 'RGBA').save(osp.join(mask_dir, name + '.png'))
+    inst = (label[..., 2].astype(int) << 8) | label[..., 3]
+    return int(inst.max())
+
+
 def _info(seed, counts, size):
     return dict(generator_version=GENERATOR_VERSION, seed=seed,
                 counts=dict(counts), size=list(size))
@@ -559,10 +575,11 @@ def generate_sample_dataset(out_dir: str,
     empty); return the number of labeled instances per split.
 
     ``counts``: images per split, e.g. ``dict(train=300, val=60, test=20)``.
-    ``size``: (width, height) in pixels. Files are first written to a
+    ``size``: (width, height) in pixels. ``nproc``: processes that draw
+    the scenes and convert the labels to COCO. Files are first written to a
     sibling ``<out_dir>.partial`` folder, moved into place when complete.
     """
-    from tqdm import tqdm
+    from .parallel import map_with_progress
 
     counts = dict(DEFAULT_COUNTS if counts is None else counts)
     unknown = set(counts) - set(SPLIT_IDS)
@@ -584,19 +601,14 @@ def generate_sample_dataset(out_dir: str,
             mask_dir = osp.join(tmp, 'labels', 'ins_seg', 'bitmasks', split)
             if split != 'test':
                 os.makedirs(mask_dir)
-            total = 0
-            for i in tqdm(range(n), desc=f'{split} scenes',
-                          disable=not progress):
-                rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
-                image, label = render_scene(rng, size)
-                name = sample_name(seed, split, i)
-                Image.fromarray(image).save(
-                    osp.join(img_dir, name + '.jpg'), quality=JPEG_QUALITY)
-                if split != 'test':
-                    Image.fromarray(label, 'RGBA').save(
-                        osp.join(mask_dir, name + '.png'))
-                    inst = (label[..., 2].astype(int) << 8) | label[..., 3]
-                    total += int(inst.max())
+            # Each scene has its own generator: the same bytes in any
+            # number of processes.
+            tasks = [(seed, split, i, size, img_dir,
+                      None if split == 'test' else mask_dir)
+                     for i in range(n)]
+            total = sum(map_with_progress(_write_scene, tasks, nproc,
+                                          f'{split} scenes',
+                                          progress=progress))
             if split != 'test':
                 os.makedirs(osp.join(tmp, 'jsons'), exist_ok=True)
                 _to_coco(mask_dir,

@@ -56,8 +56,9 @@ def test_layout(sample):
 
 
 def test_same_seed_same_bytes(sample, tmp_path):
+    # drawn in 2 processes this time, in one for the fixture
     again = str(tmp_path / 'again')
-    generate_sample_dataset(again, seed=3, counts=COUNTS, size=SIZE, nproc=1,
+    generate_sample_dataset(again, seed=3, counts=COUNTS, size=SIZE, nproc=2,
                             progress=False)
     first, second = _files(sample), _files(again)
     assert sorted(first) == sorted(second)

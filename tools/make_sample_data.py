@@ -26,7 +26,8 @@ def parse_args(argv=None):
     parser.add_argument('--height', type=int, default=192,
                         help='image height (default 192)')
     parser.add_argument('--nproc', type=int, default=2,
-                        help='processes for the COCO conversion (default 2)')
+                        help='processes that draw the scenes and convert the '
+                        'labels to COCO (default 2)')
     args = parser.parse_args(argv)
     for split in ('train', 'val'):  # labeled splits get a COCO json
         if getattr(args, f'num_{split}') < 1:
