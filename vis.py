@@ -21,7 +21,7 @@ import os.path as osp
 DEFAULT_SCORE_THR = 0.3
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         epilog='\n\n'.join(__doc__.split('\n\n')[2:]),
@@ -48,7 +48,7 @@ def parse_args():
                         help='only the first NUM masks (sorted by name)')
     parser.add_argument('--alpha', type=float, default=0.5,
                         help='mask opacity (default 0.5)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.score_file:
         for given, flag in ((args.score_thr, '--score-thr'),
                             (args.max_per_image, '--max-per-image')):
@@ -98,8 +98,8 @@ def _render(task):
     return out_path
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     from bdd100k_ins_seg.cli import fail
     for name, folder in (('image', args.images), ('mask', args.masks)):
         if not osp.isdir(folder):

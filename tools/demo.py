@@ -14,6 +14,7 @@ Everything lands under --data (the sample), --work-dir (training) and --out
 --retrain starts the training over.
 """
 import argparse
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -31,8 +32,8 @@ SEED = 0
 
 def fail(what, why):
     """Stop with the entry points' one error format (exit status 1)."""
-    # bdd100k_ins_seg.cli.fail says the same, but importing the package
-    # loads the whole stack; the demo's own process stays light.
+    # bdd100k_ins_seg.cli.fail says the same; this one needs no import of
+    # the package (which loads the whole stack) to report a bad argument.
     sys.exit(f'{osp.basename(__file__)}: error: {what}: {why}')
 
 
@@ -68,6 +69,28 @@ def run(cmd, what, env=None):
         fail(what, f'failed (exit code {rc}); see the output above')
 
 
+def run_here(script, argv, what):
+    """Run the command-line script ``script``'s ``main(argv)`` in this
+    process, which has the stack loaded already (a new process would spend
+    seconds importing it again); print the same command line as
+    :func:`run`. Stop the demo with a one-line message if it fails."""
+    print('$ ' + ' '.join([sys.executable, script] + argv), flush=True)
+    name = osp.splitext(osp.basename(script))[0]
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT,
+                                                                 script))
+    module = importlib.util.module_from_spec(spec)
+    # its worker processes find its functions by the module's name
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    try:
+        module.main(argv)
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            if isinstance(e.code, str):  # the script's one-line error
+                print(e.code, file=sys.stderr)
+            fail(what, 'failed; see the output above')
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.chdir(ROOT)
@@ -95,8 +118,9 @@ def main(argv=None):
         elif osp.isdir(args.data) and os.listdir(args.data):
             fail(args.data, 'holds something else than the sample; move '
                  'it away or pass --data')
-        run([py, 'tools/make_sample_data.py', '--out', args.data,
-             '--seed', str(SEED)], 'generating the sample')
+        run_here('tools/make_sample_data.py',
+                 ['--out', args.data, '--seed', str(SEED)],
+                 'generating the sample')
         fresh_data = True
     times['data'] = time.time() - t
 
@@ -161,10 +185,10 @@ def main(argv=None):
     vis_dir = osp.join(args.out, 'vis')
     shown_dir = osp.join(args.out, 'shown_predictions')
     _keep_confident(pred_dir, shown_dir, args.num_vis, args.vis_score_thr)
-    run([py, 'vis.py', '-i', osp.join(args.data, 'images', '10k', 'val'),
-         '-c', osp.join(shown_dir, 'bitmasks'), '-o', vis_dir, '-n',
-         str(args.num_vis), '--score-file',
-         osp.join(shown_dir, 'score.json')], 'drawing')
+    run_here('vis.py', ['-i', osp.join(args.data, 'images', '10k', 'val'),
+                        '-c', osp.join(shown_dir, 'bitmasks'), '-o',
+                        vis_dir, '-n', str(args.num_vis), '--score-file',
+                        osp.join(shown_dir, 'score.json')], 'drawing')
     times['vis'] = time.time() - t
 
     mask_ap = _overall_ap(scores_file)
