@@ -65,3 +65,33 @@ def test_a_checkpoint_is_reused_only_if_it_fits_the_config(tmp_path):
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
     assert demo._unfit(cfg, str(tmp_path / 'broken.pth')).startswith(
         'unreadable: ')
+
+
+def test_scripts_run_in_the_demo_process(tmp_path, capsys):
+    """The sample generator and vis.py run in the demo's own process: the
+    command line is printed as for a subprocess, the script's output is
+    its own, and a failure stops the demo with the script's one-line
+    error and the demo's."""
+    import pytest
+    demo = _demo()
+    out = tmp_path / 'sample'
+    demo.run_here('tools/make_sample_data.py',
+                  ['--out', str(out), '--num-train', '2', '--num-val', '1',
+                   '--num-test', '1'], 'generating the sample')
+    printed = capsys.readouterr().out
+    assert printed.startswith(f'$ {demo.sys.executable} '
+                              f'tools/make_sample_data.py --out {out} ')
+    assert f'wrote {out}: 2 train images' in printed
+    from bdd100k_ins_seg.sample_data import sample_name
+    assert [p.name for p in (out / 'images' / '10k' / 'val').iterdir()] == \
+        [sample_name(0, 'val', 0) + '.jpg']
+
+    missing = tmp_path / 'missing'
+    with pytest.raises(SystemExit) as stop:
+        demo.run_here('vis.py', ['-i', str(missing), '-c', str(tmp_path),
+                                 '-o', str(tmp_path / 'vis')], 'drawing')
+    assert stop.value.code == ('demo.py: error: drawing: failed; see the '
+                               'output above')
+    assert f'error: image folder {missing}: not found' in \
+        capsys.readouterr().err
+    assert not (tmp_path / 'vis').exists()
