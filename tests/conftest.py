@@ -1,5 +1,10 @@
 """The tests see the warnings a user sees; threads; the ``cuda`` marker.
 
+Threads: the cores shared by the pytest-xdist workers (``make test`` runs
+one per core), as :mod:`bdd100k_ins_seg.threads` shares them between the
+processes of a job. The scripts the tests start get one thread, or the
+worker's share.
+
 Importing bdd100k_ins_seg filters the known harmless start-up warnings
 (bdd100k_ins_seg.cli.KNOWN_WARNINGS), but pytest restores the warning
 filters around collection and every test; this applies the same filter
@@ -10,12 +15,19 @@ Tests marked ``@pytest.mark.cuda`` need a CUDA device: they run with
 ``pytest -m cuda`` (``make gpu-check``), where each asserts that CUDA is
 present, and are deselected (listed as such) in every other run.
 """
+import os
+
 import pytest
+import torch
 
 from bdd100k_ins_seg.cli import quiet_known_warnings
-from bdd100k_ins_seg.threads import configure_threads
+from bdd100k_ins_seg.threads import ENV, plan_threads
 
-configure_threads(num_workers=0)
+WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT') or 1)
+THREADS = plan_threads(processes=WORKERS)  # OMP_NUM_THREADS, if set, wins
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ.setdefault(ENV, str(THREADS))  # for the scripts started
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -34,6 +46,31 @@ def pytest_collection_modifyitems(config, items):
         return
     kept = [item for item in items if not item.get_closest_marker('cuda')]
     if len(kept) != len(items):
-        config.hook.pytest_deselected(
-            items=[item for item in items if item not in kept])
+        dropped = [item for item in items if item not in kept]
+        config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+        CUDA_DESELECTED.update(item.nodeid for item in dropped)
+
+
+# The CUDA tests left out, named at the end of the run. Under pytest-xdist
+# the workers collect and deselect, and send the names to the controller.
+CUDA_DESELECTED = set()
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, 'workeroutput'):  # an xdist worker
+        session.config.workeroutput['cuda_deselected'] = sorted(
+            CUDA_DESELECTED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    CUDA_DESELECTED.update(
+        getattr(node, 'workeroutput', {}).get('cuda_deselected', ()))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if CUDA_DESELECTED:
+        terminalreporter.write_line(
+            f'{len(CUDA_DESELECTED)} tests deselected, they need CUDA '
+            f'(make gpu-check runs them): {", ".join(sorted(CUDA_DESELECTED))}')
