@@ -43,7 +43,9 @@ demo: install
 # The suite in TEST_PROCESSES pytest-xdist workers (default: the cores, at
 # most 4), a test file per worker at a time, so that a file's shared fixtures
 # are built once; TEST_PROCESSES=0 runs it in this process.
-TEST_PROCESSES ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))")
+TEST_PROCESSES ?= $(shell $(PYTHON) -c "import os; print(min(4, \
+	len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
+	else os.cpu_count() or 1))")
 test: install-test
 	$(PY) -m pytest tests -n $(TEST_PROCESSES) --dist loadfile
 

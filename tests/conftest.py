@@ -13,7 +13,7 @@ included) run, and nothing more.
 
 Tests marked ``@pytest.mark.cuda`` need a CUDA device: they run with
 ``pytest -m cuda`` (``make gpu-check``), where each asserts that CUDA is
-present, and are deselected (listed as such) in every other run.
+present; every other run deselects them and names them at its end.
 """
 import os
 
@@ -28,6 +28,10 @@ THREADS = plan_threads(processes=WORKERS)  # OMP_NUM_THREADS, if set, wins
 torch.set_num_threads(THREADS)
 if WORKERS > 1:
     os.environ.setdefault(ENV, str(THREADS))  # for the scripts started
+
+# The CUDA tests left out, named at the end of the run. Under pytest-xdist
+# the workers collect and deselect, and send the names to the controller.
+CUDA_DESELECTED = set()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -50,11 +54,6 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
         CUDA_DESELECTED.update(item.nodeid for item in dropped)
-
-
-# The CUDA tests left out, named at the end of the run. Under pytest-xdist
-# the workers collect and deselect, and send the names to the controller.
-CUDA_DESELECTED = set()
 
 
 def pytest_sessionfinish(session):
