@@ -40,12 +40,10 @@ env: install
 demo: install
 	$(PY) tools/demo.py
 
-# The suite in TEST_PROCESSES pytest-xdist workers (default: the cores, at
-# most 4), a test file per worker at a time, so that a file's shared fixtures
-# are built once; TEST_PROCESSES=0 runs it in this process.
-TEST_PROCESSES ?= $(shell $(PYTHON) -c "import os; print(min(4, \
-	len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
-	else os.cpu_count() or 1))")
+# The suite in TEST_PROCESSES pytest-xdist workers (auto: the cores, at most
+# 4, tests/conftest.py), a test file per worker at a time, so that a file's
+# shared fixtures are built once; TEST_PROCESSES=0 runs it in this process.
+TEST_PROCESSES ?= auto
 test: install-test
 	$(PY) -m pytest tests -n $(TEST_PROCESSES) --dist loadfile
 

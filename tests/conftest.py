@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from bdd100k_ins_seg.cli import quiet_known_warnings
-from bdd100k_ins_seg.threads import ENV, plan_threads
+from bdd100k_ins_seg.threads import ENV, available_cores, plan_threads
 
 WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT') or 1)
 THREADS = plan_threads(processes=WORKERS)  # OMP_NUM_THREADS, if set, wins
@@ -32,6 +32,13 @@ if WORKERS > 1:
 # The CUDA tests left out, named at the end of the run. Under pytest-xdist
 # the workers collect and deselect, and send the names to the controller.
 CUDA_DESELECTED = set()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (``make test``): the cores this process may use, at most
+    4 (more workers only add start-ups for ~30 test files)."""
+    return min(4, available_cores())
 
 
 @pytest.hookimpl(tryfirst=True)

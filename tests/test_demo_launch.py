@@ -1,5 +1,7 @@
 """How the demo starts its training: two data-parallel CPU processes with
 half the batch each where that is faster, one process otherwise."""
+import pytest
+
 from scripts import load_script
 
 
@@ -72,7 +74,6 @@ def test_scripts_run_in_the_demo_process(tmp_path, capsys):
     command line is printed as for a subprocess, the script's output is
     its own, and a failure stops the demo with the script's one-line
     error and the demo's."""
-    import pytest
     demo = _demo()
     out = tmp_path / 'sample'
     demo.run_here('tools/make_sample_data.py',
