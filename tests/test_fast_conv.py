@@ -79,8 +79,10 @@ def test_chunks_of_tiles_cover_every_output(monkeypatch):
 
 def test_float32_is_as_accurate_as_the_direct_convolution():
     """A layer of the size it is used for (256 channels): the float32
-    Winograd result is no further from the float64 truth than twice
-    oneDNN's direct float32 convolution."""
+    Winograd result is no further from the float64 truth than three times
+    oneDNN's direct float32 convolution, and within 2e-6 of the outputs'
+    scale. (The direct error depends on the CPU's kernel: on an AVX-512
+    Xeon it is 1.3e-6 here, and Winograd's 2.7e-6 is 2.1x it.)"""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 256, 20, 24, generator=g)
     weight = torch.randn(256, 256, 3, 3, generator=g) * 0.02
@@ -91,8 +93,8 @@ def test_float32_is_as_accurate_as_the_direct_convolution():
     assert ours.dtype == torch.float32
     err_direct = float((direct.double() - truth).abs().max())
     err_ours = float((ours.double() - truth).abs().max())
-    assert err_ours <= 2 * err_direct, (err_ours, err_direct)
-    assert err_ours < 1e-4 * float(truth.abs().max())
+    assert err_ours <= 3 * err_direct, (err_ours, err_direct)
+    assert err_ours < 2e-6 * float(truth.abs().max())
 
 
 def test_empty_batch_and_bad_shapes():
