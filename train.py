@@ -174,11 +174,11 @@ def main(argv=None):
 def _run(args, cfg):
     import torch
     from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
 
     from bdd100k_ins_seg import training
     from bdd100k_ins_seg.cli import fail, reason
     from bdd100k_ins_seg.launch import init_cpu_distributed
+    from bdd100k_ins_seg.runners import TrainRunner
     from bdd100k_ins_seg.threads import configure_threads
 
     configure_threads(cfg)
@@ -188,7 +188,7 @@ def _run(args, cfg):
         if 'runner_type' in cfg:
             runner = RUNNERS.build(cfg)
         else:
-            runner = Runner.from_cfg(cfg)
+            runner = TrainRunner.from_cfg(cfg)
     except (KeyError, TypeError, ValueError, ImportError) as e:
         fail(f'config {args.config}', f'cannot build the runner: '
              f'{type(e).__name__}: {reason(e)}')

@@ -57,13 +57,13 @@ def test_a_checkpoint_is_reused_only_if_it_fits_the_config(tmp_path):
         return str(path)
 
     assert demo._unfit(cfg, save(cfg.model, 'fits.pth')) is None
-    # A checkpoint of an earlier version of the config (mmdet's 4 mask
-    # convs) is named with what does not fit, and trained again.
+    # A checkpoint of an earlier version of the config (2 mask convs) is
+    # named with what does not fit, and trained again.
     older = copy.deepcopy(cfg.model)
-    older.roi_head.mask_head.num_convs = 4
+    older.roi_head.mask_head.num_convs = 2
     why = demo._unfit(cfg, save(older, 'older.pth'))
     assert why.startswith('it does not fit the model of the config: ')
-    assert 'first unexpected: roi_head.mask_head.convs.2.conv.weight' in why
+    assert 'first missing: roi_head.mask_head.convs.2.conv.weight' in why
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
     assert demo._unfit(cfg, str(tmp_path / 'broken.pth')).startswith(
         'unreadable: ')

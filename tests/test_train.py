@@ -290,3 +290,121 @@ def test_unknown_model_is_one_line_error(tiny_config, tmp_path):
     assert last.startswith(f'train.py: error: config {tiny_config}: ')
     assert 'NoSuchDetector' in last
     assert 'Traceback' not in proc.stderr
+
+
+def _state(checkpoint, key):
+    return torch.load(checkpoint, map_location='cpu',
+                      weights_only=False)[key]
+
+
+def test_channels_last_training_is_the_same_training(tiny_config, tmp_path):
+    """memory_format='channels_last' on CPU: the weights and the optimizer
+    state are trained and saved in NHWC order, and the run computes what
+    the NCHW run computes (float32 summation order aside)."""
+    # SGD: Adam's first steps (~lr x the gradient's sign) would magnify
+    # float32 rounding where a gradient is near 0.
+    sgd = ['optim_wrapper.optimizer.type=SGD',
+           'optim_wrapper.optimizer.lr=0.01',
+           'optim_wrapper.optimizer.momentum=0.9']
+    runs = {}
+    for name in ('contiguous', 'channels_last'):
+        work_dir = tmp_path / name
+        _train(tiny_config, work_dir, 'train_cfg.max_iters=3', *sgd,
+               f'memory_format={name}')
+        runs[name] = work_dir
+    weights = _state(runs['channels_last'] / 'iter_3.pth', 'state_dict')
+    conv = weights['backbone.conv1.weight']
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()
+    state = _state(runs['channels_last'] / 'iter_3.pth', 'optimizer')['state']
+    momentum = [s['momentum_buffer'] for s in state.values()
+                if s['momentum_buffer'].dim() == 4]
+    assert all(m.is_contiguous(memory_format=torch.channels_last)
+               for m in momentum)
+    assert any(not m.is_contiguous() for m in momentum)  # 1x1 are both
+    nchw = _state(runs['contiguous'] / 'iter_3.pth', 'state_dict')
+    assert nchw['backbone.conv1.weight'].is_contiguous()
+    # The same initial weights (the initialisers fill them in NCHW order),
+    # so the same losses and weights.
+    losses = {k: [v for _, v in _logged(w)] for k, w in runs.items()}
+    assert len(losses['contiguous']) == 3
+    for a, b in zip(losses['contiguous'], losses['channels_last']):
+        assert abs(a - b) <= 1e-5 * a, losses
+    for key, value in nchw.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-5,
+                                   msg=key)
+
+
+def test_channels_last_resume_of_an_nchw_run(tiny_config, tmp_path):
+    """Resuming an NCHW run's checkpoint in channels_last: the optimizer
+    state is copied into the parameters' layout, so fused AdamW (which
+    reads a parameter and its state as raw memory in the same order) makes
+    the same step as an NCHW resume."""
+    fused = 'optim_wrapper.optimizer.fused=True'
+    _train(tiny_config, tmp_path / 'first', 'train_cfg.max_iters=2', fused)
+    checkpoint = str(tmp_path / 'first' / 'iter_2.pth')
+    for name in ('contiguous', 'channels_last'):
+        _train(tiny_config, tmp_path / name, 'train_cfg.max_iters=3', fused,
+               f'memory_format={name}', resume=checkpoint)
+    resumed = {name: _state(tmp_path / name / 'iter_3.pth', 'state_dict')
+               for name in ('contiguous', 'channels_last')}
+    before = _state(checkpoint, 'state_dict')
+    key = 'backbone.layer1.0.conv1.weight'
+    step = (resumed['contiguous'][key] - before[key]).abs().max()
+    assert step > 1e-5  # the third step moved the weights
+    for key, value in resumed['contiguous'].items():
+        torch.testing.assert_close(resumed['channels_last'][key], value,
+                                   rtol=0, atol=1e-5, msg=key)
+
+
+def test_match_optimizer_state_pairs_the_elements():
+    """The state of another layout is copied into the parameter's layout;
+    without the copy fused AdamW pairs the wrong elements."""
+    from mmengine.optim import OptimWrapper
+
+    from bdd100k_ins_seg.runners import match_optimizer_state
+    torch.manual_seed(0)
+    weight, grad = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
+
+    def two_steps(param_format, state_format, match):
+        param = torch.nn.Parameter(
+            weight.clone(memory_format=param_format))
+        bias = torch.nn.Parameter(torch.zeros(8))
+        optimizer = torch.optim.AdamW([param, bias], lr=0.1, fused=True)
+        copied = 0
+        for i in range(2):
+            param.grad = grad.clone(memory_format=param_format)
+            bias.grad = torch.ones(8)
+            optimizer.step()
+            if i == 0:  # as if the state had been saved in state_format
+                state = optimizer.state[param]
+                for k in ('exp_avg', 'exp_avg_sq'):
+                    state[k] = state[k].contiguous(memory_format=state_format)
+                if match:
+                    copied = match_optimizer_state(OptimWrapper(optimizer))
+        return param.detach().contiguous(), copied
+
+    reference, _ = two_steps(torch.channels_last, torch.channels_last, False)
+    torch.testing.assert_close(
+        two_steps(torch.contiguous_format, torch.contiguous_format,
+                  False)[0], reference, rtol=0, atol=1e-6)
+    matched, copied = two_steps(torch.channels_last, torch.contiguous_format,
+                                True)
+    assert copied == 2  # exp_avg and exp_avg_sq of the 4-d weight
+    torch.testing.assert_close(matched, reference, rtol=0, atol=1e-6)
+    unmatched, _ = two_steps(torch.channels_last, torch.contiguous_format,
+                             False)
+    assert (unmatched - reference).abs().max() > 1e-2
+
+
+def test_unknown_memory_format_is_one_line_error(tiny_config, tmp_path,
+                                                 capsys):
+    with pytest.raises(SystemExit) as exc:
+        _train(tiny_config, tmp_path, 'memory_format=nhwc')
+    assert exc.value.code != 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    # (in this process the program name is the interpreter's argv[0])
+    assert last.endswith(f': error: config {tiny_config}: cannot build '
+                         "the runner: ValueError: memory_format='nhwc': not "
+                         'one of contiguous, channels_last')
+    assert not list(tmp_path.glob('*.pth'))
