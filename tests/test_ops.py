@@ -575,9 +575,13 @@ def test_roi_align_backward_float32_and_no_rois():
 
 
 def test_roi_align_reads_channels_last_maps_in_place(monkeypatch):
-    """mmcv's roi_align on a channels_last map runs the separable forward
-    (no NCHW copy), on an NCHW map torchvision's kernel; same numbers."""
+    """mmcv's roi_align on a large channels_last map runs the separable
+    forward (no NCHW copy); on an NCHW map, or a channels_last one under
+    CL_FORWARD_MIN_ELEMENTS per image, torchvision's kernel; same numbers."""
     from bdd100k_ins_seg.ops import torchvision_ext
+    assert torchvision_ext.CL_FORWARD_MIN_ELEMENTS == 1 << 19
+    monkeypatch.setattr(torchvision_ext, 'CL_FORWARD_MIN_ELEMENTS',
+                        6 * 12 * 15)
     calls = []
     separable = torchvision_ext.roi_align_forward_cpu
 
@@ -595,3 +599,10 @@ def test_roi_align_reads_channels_last_maps_in_place(monkeypatch):
                      rois, (7, 7), 0.5, 0, 'avg', True)
     assert calls  # once, or once per image on 2+ threads
     torch.testing.assert_close(nhwc, nchw, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    monkeypatch.setattr(torchvision_ext, 'CL_FORWARD_MIN_ELEMENTS',
+                        6 * 12 * 15 + 1)
+    small = roi_align(feats.contiguous(memory_format=torch.channels_last),
+                      rois, (7, 7), 0.5, 0, 'avg', True)
+    assert calls == []
+    torch.testing.assert_close(small, nchw, rtol=1e-5, atol=1e-6)

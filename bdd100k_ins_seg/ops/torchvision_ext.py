@@ -9,7 +9,7 @@ extension is absent, so it must import nothing but torch and torchvision.
 Provided, with mmcv's semantics (CPU and CUDA tensors unless noted):
 
 * ``roi_align_forward`` / ``roi_align_backward`` (avg pooling; on CPU the
-  backward, and the forward on channels_last maps, in separable form:
+  backward, and the forward on large channels_last maps, in separable form:
   :func:`roi_align_backward_cpu`, :func:`roi_align_forward_cpu`),
 * ``nms`` (and therefore mmcv's ``batched_nms``),
 * ``softnms`` (linear, gaussian and naive; CPU, as in mmcv),
@@ -56,6 +56,13 @@ def _unavailable(name):
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+# The separable forward on a channels_last map pays where torchvision's
+# NCHW copy of the map costs most: from 2^19 elements per image map (one
+# thread: 256 x 184 x 320 and 300 RoIs 7.6x torchvision's kernel with the
+# copy, 256 x 46 x 80 2.0x, 64 x 96 x 160 2.2x; 64 x 48 x 80 and 40 RoIs,
+# a level of the sample model in training, 0.68x; 256 x 23 x 40 0.4-1.2x).
+CL_FORWARD_MIN_ELEMENTS = 1 << 19
+
 
 def _call(fn, *args, **kwargs):
     """Call a torchvision kernel; where it has no float16/bfloat16 kernel
@@ -100,7 +107,8 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x, *,
         if (feats.device.type == 'cpu'
                 and feats.dtype in (torch.float32, torch.float64)
                 and feats.dim() == 4 and not feats.is_contiguous()
-                and feats.is_contiguous(memory_format=torch.channels_last)):
+                and feats.is_contiguous(memory_format=torch.channels_last)
+                and feats[0].numel() >= CL_FORWARD_MIN_ELEMENTS):
             return roi_align_forward_cpu(
                 feats, boxes, (int(aligned_height), int(aligned_width)),
                 float(spatial_scale), int(sampling_ratio), bool(aligned))
