@@ -130,3 +130,46 @@ def test_conv_stage_rows(tmp_path):
     # 256 channels at 32x64 and 100 RoIs: Winograd; 64 channels and the
     # smallest map: direct.
     assert used == [True, False, False, True, False, False]
+
+
+def test_train_step_stage_rows(tmp_path):
+    """Stage t at a tiny size: channels_last against NCHW and the RoIAlign
+    size rule against the separable forward everywhere, each a row; the
+    rule is back in place afterwards."""
+    from bdd100k_ins_seg.ops import torchvision_ext
+    out = tmp_path / 'train.json'
+    load_tool().main([SAMPLE, '--device', 'cpu', '--json', str(out),
+                      '--repeats', '1', '--stages', 't', '--size', '96x64',
+                      '--threads', '1'])
+    rows = json.loads(out.read_text())['rows']
+    assert [r['stage'] for r in rows] == ['t', 't']
+    assert 'AdamW' in rows[0]['what'] and '96x64' in rows[0]['what']
+    assert rows[0]['baseline'] == 'the same, NCHW weights'
+    assert rows[1]['baseline'] == 'separable RoIAlign forward on every map'
+    assert rows[0]['ms_per_image'] == rows[1]['ms_per_image']
+    for row in rows:
+        assert row['ms_per_image'] > 0 and row['baseline_ms_per_image'] > 0
+        assert row['speedup'] == pytest.approx(
+            row['baseline_ms_per_image'] / row['ms_per_image'])
+    assert torchvision_ext.CL_FORWARD_MIN_ELEMENTS == 1 << 19
+
+
+def test_train_step_batch_has_the_boxes_and_masks():
+    """The stage's synthetic batch: 2 padded images, 15 instances each,
+    every mask filling its box."""
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.benchmark.train_step import synthetic_batch
+    model = init_detector(Config.fromfile(SAMPLE), checkpoint=None,
+                          device='cpu')
+    data = synthetic_batch(model, 8, 96, 64)
+    assert data['inputs'].shape[:2] == (2, 3)
+    for sample in data['data_samples']:
+        gt = sample.gt_instances
+        assert len(gt) == 15 and int(gt.labels.max()) < 8
+        masks = gt.masks.to_ndarray()
+        for mask, (x1, y1, x2, y2) in zip(masks, gt.bboxes.int().tolist()):
+            ys, xs = mask.nonzero()
+            assert (xs.min(), ys.min()) == (x1, y1)
+            assert (xs.max() + 1, ys.max() + 1) == (x2, y2)

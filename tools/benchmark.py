@@ -3,20 +3,22 @@ each against a baseline in the same run (bdd100k_ins_seg.benchmark).
 
     python tools/benchmark.py CONFIG --device cpu|cuda --json OUT
                               [--repeats N] [--threads T] [--stages a,d,e]
+                              [--size WxH]
 """
 import argparse
 
 #: Stage letters, as in bdd100k_ins_seg.benchmark.STAGE_MODULES (not
 #: imported here: --help answers without loading the stack).
-STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e', 'f')
+STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e', 'f', 't')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Images/s and ms per image of the model forward (a), '
         'post-processing (b), test.py --format-only (c), the evaluator (d) '
-        "and the forward against torchvision's maskrcnn_resnet50_fpn (e), "
-        'each against its baseline in the same run (medians).')
+        "the forward against torchvision's maskrcnn_resnet50_fpn (e), the "
+        'convolutions (f) and a training step (t), each against its '
+        'baseline in the same run (medians).')
     parser.add_argument('config', help='model config (zoo or sample)')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--json', required=True, metavar='OUT',
@@ -28,7 +30,7 @@ def parse_args(argv=None):
                         help='torch intra-op threads (default: '
                         'bdd100k_ins_seg.threads, OMP_NUM_THREADS wins)')
     parser.add_argument('--stages', default=None,
-                        help='comma-separated subset of a,b,c,d,e,f '
+                        help='comma-separated subset of a,b,c,d,e,f,t '
                         '(default: all)')
     parser.add_argument('--size', default='1280x720',
                         help='image WIDTHxHEIGHT (default 1280x720)')

@@ -12,7 +12,10 @@ and ratios) to OUT. Stages (letters as in ``--stages``):
 - e: the forward against torchvision's ``maskrcnn_resnet50_fpn``, same image,
   same threads (``model``);
 - f: the forward's 3x3 convolution layers, Winograd against the direct
-  convolution (``conv``; CPU).
+  convolution (``conv``; CPU);
+- t: a training step, channels_last weights against NCHW, and the RoIAlign
+  forward's size rule against the separable form everywhere
+  (``train_step``; CPU).
 
 Each stage module has ``run(config, device, repeats, work_dir) -> list`` of
 rows ``{'stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
@@ -32,10 +35,11 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 #: The stage modules, in the order they run.
-STAGES = ['model', 'postprocess', 'evaluator', 'conv']
+STAGES = ['model', 'postprocess', 'evaluator', 'conv', 'train_step']
 #: Which module measures each stage letter.
 STAGE_MODULES = {'a': 'model', 'b': 'postprocess', 'c': 'postprocess',
-                 'd': 'evaluator', 'e': 'model', 'f': 'conv'}
+                 'd': 'evaluator', 'e': 'model', 'f': 'conv',
+                 't': 'train_step'}
 ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
             'baseline_ms_per_image', 'speedup')
 

@@ -1,0 +1,107 @@
+"""Stage t: one training step of the config's model on CPU (forward, losses,
+backward and the config's optimizer), its weights in channels_last memory
+(``memory_format = 'channels_last'``, ``runners.TrainRunner``) against
+NCHW, and with the separable RoIAlign forward on every channels_last map
+against the size rule of ``ops.torchvision_ext.CL_FORWARD_MIN_ELEMENTS``.
+
+The batch is 2 synthetic images of ``SETTINGS['size']`` with 15 random boxes
+each (their masks fill the boxes), through the config's data preprocessor
+once. The NCHW and the channels_last model start from the same weights;
+the three steps run in turn, repeat after repeat
+(:func:`interleaved_medians`). The sample config is trained at its own
+size: ``--size 320x192``.
+"""
+import copy
+import warnings
+
+import numpy as np
+import torch
+
+from . import SETTINGS, interleaved_medians, make_row
+from .model import synthetic_image
+
+IMAGES = 2
+BOXES = 15  # about as many as the sample's images have
+
+
+def synthetic_batch(model, num_classes: int, width: int, height: int):
+    """The data preprocessor's output for :data:`IMAGES` synthetic
+    images with :data:`BOXES` box-shaped instances each."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    rng = np.random.default_rng(0)
+    inputs, samples = [], []
+    for i in range(IMAGES):
+        image = synthetic_image(width, height, seed=i)
+        inputs.append(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        x1 = rng.uniform(0, width * 0.8, BOXES)
+        y1 = rng.uniform(0, height * 0.8, BOXES)
+        x2 = np.minimum(x1 + rng.uniform(8, width * 0.3, BOXES), width)
+        y2 = np.minimum(y1 + rng.uniform(8, height * 0.3, BOXES), height)
+        boxes = np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+        masks = np.zeros((BOXES, height, width), np.uint8)
+        for m, (a, b, c, d) in zip(masks, boxes.astype(int)):
+            m[b:d, a:c] = 1
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(height, width), ori_shape=(height, width),
+            scale_factor=(1.0, 1.0), flip=False))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.from_numpy(boxes),
+            labels=torch.from_numpy(rng.integers(0, num_classes, BOXES)),
+            masks=BitmapMasks(masks, height, width))
+        samples.append(sample)
+    return model.data_preprocessor(dict(inputs=inputs,
+                                        data_samples=samples), True)
+
+
+def run(config: str, device: str, repeats: int, work_dir: str) -> list:
+    if device != 'cpu':
+        return []  # channels_last training applies on CPU only
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+
+    from ..config_lookup import install_base_config_lookup
+    from ..ops import torchvision_ext
+    install_base_config_lookup()
+    cfg = Config.fromfile(config)
+    with warnings.catch_warnings():
+        # "checkpoint is None, use COCO classes": untrained on purpose.
+        warnings.simplefilter('ignore', UserWarning)
+        nchw = init_detector(cfg, checkpoint=None, device='cpu')
+    nchw.train()
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    heads = nchw.roi_head.bbox_head
+    num_classes = (heads[0] if isinstance(heads, torch.nn.ModuleList)
+                   else heads).num_classes
+    width, height = SETTINGS['size']
+    data = synthetic_batch(nchw, num_classes, width, height)
+    wrappers = {id(m): build_optim_wrapper(m, copy.deepcopy(
+        cfg.optim_wrapper)) for m in (nchw, nhwc)}
+    rule = torchvision_ext.CL_FORWARD_MIN_ELEMENTS
+
+    def step(model, separable_everywhere=False):
+        torchvision_ext.CL_FORWARD_MIN_ELEMENTS = \
+            0 if separable_everywhere else rule
+        try:
+            losses = model.loss(data['inputs'], data['data_samples'])
+            loss, _ = model.parse_losses(losses)
+            wrappers[id(model)].update_params(loss)
+        finally:
+            torchvision_ext.CL_FORWARD_MIN_ELEMENTS = rule
+
+    ours, separable, plain = interleaved_medians(
+        [lambda: step(nhwc), lambda: step(nhwc, True), lambda: step(nchw)],
+        repeats)
+    optimizer = type(wrappers[id(nchw)].optimizer).__name__
+    what = (f'training step ({optimizer}), {IMAGES} images {width}x{height}, '
+            f'{BOXES} instances each, channels_last weights, '
+            f'{torch.get_num_threads()} threads')
+    return [
+        make_row('t', what, ours / IMAGES, 'the same, NCHW weights',
+                 plain / IMAGES),
+        make_row('t', what + ', RoIAlign forward by the size rule',
+                 ours / IMAGES, 'separable RoIAlign forward on every map',
+                 separable / IMAGES),
+    ]
