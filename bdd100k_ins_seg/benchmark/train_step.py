@@ -12,13 +12,12 @@ the three steps run in turn, repeat after repeat
 size: ``--size 320x192``.
 """
 import copy
-import warnings
 
 import numpy as np
 import torch
 
 from . import SETTINGS, interleaved_medians, make_row
-from .model import synthetic_image
+from .model import build_model, synthetic_image
 
 IMAGES = 2
 BOXES = 15  # about as many as the sample's images have
@@ -58,18 +57,13 @@ def synthetic_batch(model, num_classes: int, width: int, height: int):
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     if device != 'cpu':
         return []  # channels_last training applies on CPU only
-    from mmdet.apis import init_detector
-    from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
-    from ..config_lookup import install_base_config_lookup
     from ..ops import torchvision_ext
-    install_base_config_lookup()
-    cfg = Config.fromfile(config)
-    with warnings.catch_warnings():
-        # "checkpoint is None, use COCO classes": untrained on purpose.
-        warnings.simplefilter('ignore', UserWarning)
-        nchw = init_detector(cfg, checkpoint=None, device='cpu')
+
+    # Stage a's untrained detector (its switched-off mask pasting is a
+    # prediction step: the losses do not call it), in training mode.
+    nchw, cfg = build_model(config, 'cpu')
     nchw.train()
     nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
     heads = nchw.roi_head.bbox_head
@@ -77,24 +71,26 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
                    else heads).num_classes
     width, height = SETTINGS['size']
     data = synthetic_batch(nchw, num_classes, width, height)
-    wrappers = {id(m): build_optim_wrapper(m, copy.deepcopy(
-        cfg.optim_wrapper)) for m in (nchw, nhwc)}
+    nchw_optim, nhwc_optim = (
+        build_optim_wrapper(m, copy.deepcopy(cfg.optim_wrapper))
+        for m in (nchw, nhwc))
     rule = torchvision_ext.CL_FORWARD_MIN_ELEMENTS
 
-    def step(model, separable_everywhere=False):
+    def step(model, optim_wrapper, separable_everywhere=False):
         torchvision_ext.CL_FORWARD_MIN_ELEMENTS = \
             0 if separable_everywhere else rule
         try:
             losses = model.loss(data['inputs'], data['data_samples'])
             loss, _ = model.parse_losses(losses)
-            wrappers[id(model)].update_params(loss)
+            optim_wrapper.update_params(loss)
         finally:
             torchvision_ext.CL_FORWARD_MIN_ELEMENTS = rule
 
     ours, separable, plain = interleaved_medians(
-        [lambda: step(nhwc), lambda: step(nhwc, True), lambda: step(nchw)],
-        repeats)
-    optimizer = type(wrappers[id(nchw)].optimizer).__name__
+        [lambda: step(nhwc, nhwc_optim),
+         lambda: step(nhwc, nhwc_optim, True),
+         lambda: step(nchw, nchw_optim)], repeats)
+    optimizer = type(nchw_optim.optimizer).__name__
     what = (f'training step ({optimizer}), {IMAGES} images {width}x{height}, '
             f'{BOXES} instances each, channels_last weights, '
             f'{torch.get_num_threads()} threads')

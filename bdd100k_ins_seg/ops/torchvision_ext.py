@@ -108,7 +108,7 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x, *,
                 and feats.dtype in (torch.float32, torch.float64)
                 and feats.dim() == 4 and not feats.is_contiguous()
                 and feats.is_contiguous(memory_format=torch.channels_last)
-                and feats[0].numel() >= CL_FORWARD_MIN_ELEMENTS):
+                and feats.numel() >= CL_FORWARD_MIN_ELEMENTS * len(feats)):
             return roi_align_forward_cpu(
                 feats, boxes, (int(aligned_height), int(aligned_width)),
                 float(spatial_scale), int(sampling_ratio), bool(aligned))
