@@ -1,7 +1,5 @@
 """Faster CPU convolutions for inference: Winograd F(2x2, 3x3) for the wide
-3x3 convolutions, oneDNN for the 1x1 ones; and, for training in
-channels_last (:class:`~.runners.TrainRunner`), transposed convolutions
-whose kernel equals their stride as GEMMs (:class:`PixelDeconv2d`).
+3x3 convolutions, oneDNN for the 1x1 ones.
 
 A Mask R-CNN forward on CPU is ~75% 3x3 convolutions (FPN and RPN on the
 stride-4 level, the mask head's four convs on 100 RoIs, the ResNet's
@@ -41,8 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['InferenceConv2d', 'PixelDeconv2d', 'use_fast_convs',
-           'use_pixel_deconvs', 'pixel_deconv_fits', 'winograd_conv3x3',
+__all__ = ['InferenceConv2d', 'use_fast_convs', 'winograd_conv3x3',
            'winograd_pays', 'winograd_weight', 'direct_conv2d']
 
 # Measured on a 2-core AMD EPYC, 1 thread (Winograd / direct): 256->256 at
@@ -273,105 +270,4 @@ def use_fast_convs(model: nn.Module) -> Dict[str, int]:
             done['winograd'] += 1
         elif m.kernel_size == (1, 1):
             done['onednn_1x1'] += 1
-    return done
-
-
-# --------------------------------------------------------------------------
-# Transposed convolutions whose kernel equals their stride
-# --------------------------------------------------------------------------
-def pixel_deconv_fits(m: nn.Module) -> bool:
-    """Whether ``m`` is a 2-d transposed convolution whose kernel equals
-    its stride, without padding, dilation or groups (mmdet's mask-head
-    upsampling: 2x2, stride 2)."""
-    return (isinstance(m, nn.ConvTranspose2d)
-            and tuple(m.kernel_size) == tuple(m.stride)
-            and tuple(m.padding) == (0, 0)
-            and tuple(m.output_padding) == (0, 0)
-            and tuple(m.dilation) == (1, 1) and m.groups == 1
-            and m.padding_mode == 'zeros')
-
-
-class _PixelDeconv(torch.autograd.Function):
-    """``conv_transpose2d`` with kernel == stride == k: every input pixel
-    becomes its own k x k output patch, so the layer is one GEMM,
-    (pixels, C_in) @ (C_in, k * k * C_out), and a reshuffle of its rows into
-    the output. The backward is two GEMMs on the reshuffled gradient.
-
-    On channels_last maps the GEMM's operands are views: the output, the
-    input's gradient and (for a channels_last weight) the weight's gradient
-    come out channels_last with no layout copy. oneDNN's transposed
-    convolution on the sample model's mask head (32 RoIs, 64 channels, 14x14
-    to 28x28, one thread) took ~2x as long forward and backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        n, c, h, w = x.shape
-        o, k = weight.size(1), weight.size(2)
-        xm = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        # (C_in, kh, kw, C_out): a view of a channels_last weight
-        wm = weight.permute(0, 2, 3, 1).reshape(c, k * k * o)
-        y = torch.mm(xm, wm).view(n, h, w, k, k, o).permute(0, 1, 3, 2, 4, 5)
-        # channels_last (N, C_out, H * k, W * k), written through a view:
-        # the result itself is no view (in-place ops on it stay legal)
-        out = torch.empty((n, o, h * k, w * k), dtype=x.dtype,
-                          device=x.device, memory_format=torch.channels_last)
-        patches = out.permute(0, 2, 3, 1).view(n, h, k, w, k, o)
-        if bias is None:
-            patches.copy_(y)
-        else:
-            torch.add(y, bias, out=patches)
-        ctx.save_for_backward(xm, wm)
-        ctx.dims = (n, c, h, w, o, k)
-        ctx.has_bias = bias is not None
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        xm, wm = ctx.saved_tensors
-        n, c, h, w, o, k = ctx.dims
-        # (pixels, kh, kw, C_out): each input pixel's output patch
-        gm = grad.permute(0, 2, 3, 1).reshape(n, h, k, w, k, o).permute(
-            0, 1, 3, 2, 4, 5).reshape(n * h * w, k * k * o)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(gm, wm.t()).view(n, h, w, c).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(xm.t(), gm).view(c, k, k, o).permute(0, 3, 1, 2)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = gm.view(-1, o).sum(0)
-        return grad_x, grad_w, grad_b
-
-
-class PixelDeconv2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` with kernel == stride (see
-    :func:`pixel_deconv_fits`) computed as :class:`_PixelDeconv` on CPU
-    float tensors; other devices and dtypes take ``nn.ConvTranspose2d``'s
-    forward. Same parameters and state dict: :func:`use_pixel_deconvs`
-    turns a model's fitting layers into this class in place."""
-
-    def forward(self, input, output_size=None):
-        if (output_size is None and input.device.type == 'cpu'
-                and input.dim() == 4 and input.numel() > 0
-                and input.dtype in (torch.float32, torch.float64)
-                and input.dtype == self.weight.dtype):
-            return _PixelDeconv.apply(input, self.weight, self.bias)
-        return super().forward(input, output_size)
-
-
-def use_pixel_deconvs(model: nn.Module) -> int:
-    """Turn every transposed convolution of ``model`` that
-    :func:`pixel_deconv_fits` (``nn.ConvTranspose2d`` or mmcv's wrapper of
-    it) into a :class:`PixelDeconv2d`, in place; returns how many."""
-    types = [nn.ConvTranspose2d]
-    try:
-        from mmcv.cnn.bricks.wrappers import ConvTranspose2d
-        types.append(ConvTranspose2d)
-    except ImportError:
-        pass
-    done = 0
-    for m in model.modules():
-        if type(m) in types and pixel_deconv_fits(m):
-            m.__class__ = PixelDeconv2d
-            done += 1
     return done

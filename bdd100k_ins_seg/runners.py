@@ -12,10 +12,6 @@ state all share one layout. The optimizer state of a resumed checkpoint
 written in another layout is copied into the parameters' layout: fused
 AdamW reads a parameter and its state as raw memory in the same order, and
 with two layouts it would pair the wrong elements without an error.
-Transposed convolutions whose kernel equals their stride (mmdet's mask-head
-upsampling) then run as :class:`~.fast_conv.PixelDeconv2d`: GEMMs on the
-NHWC maps, about half the time of oneDNN's transposed convolution forward
-and backward, which saved ~3% of the sample model's training step.
 
 Where ``test.py`` writes its logs: nowhere unless asked, and never over
 a training's files.
@@ -39,8 +35,6 @@ from mmengine.device import get_device
 from mmengine.optim import OptimWrapperDict
 from mmengine.runner import Runner
 
-from .fast_conv import use_pixel_deconvs
-
 MEMORY_FORMATS = {'contiguous': torch.contiguous_format,
                   'channels_last': torch.channels_last}
 
@@ -61,8 +55,6 @@ class TrainRunner(Runner):
         if name != 'contiguous' and get_device() == 'cpu':
             self._memory_format = MEMORY_FORMATS[name]
             model = model.to(memory_format=self._memory_format)
-            # the mask head's 2x2 upsampling as GEMMs on the NHWC maps
-            use_pixel_deconvs(model)
         return super().wrap_model(model_wrapper_cfg, model)
 
     def _init_model_weights(self) -> None:

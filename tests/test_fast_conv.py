@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bdd100k_ins_seg import fast_conv
-from bdd100k_ins_seg.fast_conv import (InferenceConv2d, PixelDeconv2d,
-                                       use_fast_convs, use_pixel_deconvs,
+from bdd100k_ins_seg.fast_conv import (InferenceConv2d, use_fast_convs,
                                        winograd_conv3x3, winograd_weight)
 
 
@@ -195,113 +194,6 @@ def test_use_fast_convs_keeps_the_state_dict_and_skips_other_convs():
     assert [type(m).__name__ for m in model] == [
         'InferenceConv2d', 'InferenceConv2d', 'Conv2d', 'DeformConv2dPack',
         'ConvTranspose2d']
-    after = model.state_dict()
-    assert list(after) == list(before)
-    assert all(torch.equal(after[k], before[k]) for k in before)
-
-
-def reference_deconv(x, weight, bias, k):
-    """A transposed convolution with kernel == stride == k written out:
-    output pixel (k*i + a, k*j + b) is input pixel (i, j) times the weight
-    tap (a, b) (no conv kernel)."""
-    n, _, h, w = x.shape
-    out = torch.zeros(n, weight.size(1), h * k, w * k, dtype=x.dtype)
-    for a in range(k):
-        for b in range(k):
-            out[:, :, a::k, b::k] = torch.einsum('nchw,co->nohw', x,
-                                                 weight[:, :, a, b])
-    if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out
-
-
-# (batch, C_in, C_out, H, W, k, bias, channels_last)
-DECONV_CASES = [
-    (3, 5, 7, 4, 6, 2, True, True),
-    (2, 4, 3, 5, 3, 2, False, True),
-    (1, 6, 2, 3, 4, 3, True, False),
-    (4, 3, 3, 1, 1, 2, True, False),
-    (2, 8, 8, 14, 14, 2, True, True),
-]
-
-
-@pytest.mark.parametrize('case', DECONV_CASES, ids=str)
-def test_pixel_deconv_equals_the_written_out_deconvolution(case):
-    """Forward and all three gradients in float64 against autograd through
-    the written-out reference, and in float32 against nn.ConvTranspose2d;
-    channels_last inputs and weights give channels_last outputs and
-    gradients."""
-    n, ci, co, h, w, k, bias, cl = case
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    g = torch.Generator().manual_seed(sum(case[:6]))
-    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        deconv = nn.ConvTranspose2d(ci, co, k, stride=k, bias=bias).to(
-            dtype=dtype, memory_format=fmt)
-        plain = copy.deepcopy(deconv)
-        assert use_pixel_deconvs(deconv) == 1
-        assert type(deconv) is PixelDeconv2d
-        x = torch.randn(n, ci, h, w, dtype=dtype, generator=g).to(
-            memory_format=fmt).requires_grad_()
-        up = torch.randn(n, co, h * k, w * k, dtype=dtype, generator=g)
-        out = deconv(x)
-        out.backward(up)
-        if dtype == torch.float64:
-            xr = x.detach().clone().requires_grad_()
-            wr = deconv.weight.detach().clone().requires_grad_()
-            br = (deconv.bias.detach().clone().requires_grad_()
-                  if bias else None)
-            ref = reference_deconv(xr, wr, br, k)
-            ref.backward(up)
-            expected = [ref, xr.grad, wr.grad] + ([br.grad] if bias else [])
-        else:
-            xr = x.detach().clone().requires_grad_()
-            ref = plain(xr)
-            ref.backward(up)
-            expected = [ref, xr.grad, plain.weight.grad] + (
-                [plain.bias.grad] if bias else [])
-        got = [out, x.grad, deconv.weight.grad] + (
-            [deconv.bias.grad] if bias else [])
-        for name, a, b in zip(('output', 'input grad', 'weight grad',
-                               'bias grad'), got, expected):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
-        if cl:
-            assert out.is_contiguous(memory_format=torch.channels_last)
-            assert x.grad.is_contiguous(memory_format=torch.channels_last)
-            assert deconv.weight.grad.stride() == deconv.weight.stride()
-
-
-def test_pixel_deconv_output_takes_inplace_ops_and_falls_back():
-    """mmdet's mask head applies an in-place ReLU to the upsampled map; an
-    output_size, or a dtype without the GEMM path, takes
-    nn.ConvTranspose2d's own forward."""
-    deconv = nn.ConvTranspose2d(4, 3, 2, stride=2)
-    plain = copy.deepcopy(deconv)
-    use_pixel_deconvs(deconv)
-    x = torch.randn(2, 4, 5, 5, requires_grad=True)
-    xr = x.detach().clone().requires_grad_()
-    deconv(x).relu_().sum().backward()
-    plain(xr).relu_().sum().backward()
-    torch.testing.assert_close(x.grad, xr.grad)
-    torch.testing.assert_close(deconv.weight.grad, plain.weight.grad)
-    with torch.no_grad():
-        torch.testing.assert_close(deconv(x, output_size=[11, 11]),
-                                   plain(x, output_size=[11, 11]))
-        assert deconv(x[:0]).shape == (0, 3, 10, 10)
-
-
-def test_use_pixel_deconvs_swaps_only_kernel_equal_stride_layers():
-    from mmcv.cnn.bricks.wrappers import ConvTranspose2d as MMCVDeconv
-    model = nn.Sequential(
-        nn.ConvTranspose2d(4, 4, 2, stride=2), MMCVDeconv(4, 4, 3, stride=3),
-        nn.ConvTranspose2d(4, 4, 3, stride=2),
-        nn.ConvTranspose2d(4, 4, 2, stride=2, padding=1),
-        nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2),
-        nn.Conv2d(4, 4, 2, stride=2))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert use_pixel_deconvs(model) == 2
-    assert [type(m).__name__ for m in model] == [
-        'PixelDeconv2d', 'PixelDeconv2d', 'ConvTranspose2d',
-        'ConvTranspose2d', 'ConvTranspose2d', 'Conv2d']
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(torch.equal(after[k], before[k]) for k in before)
