@@ -23,7 +23,9 @@ algorithm pays for wide layers only: :class:`InferenceConv2d` uses it for
 3x3, stride-1, undilated, ungrouped convolutions with at least
 ``MIN_CHANNELS`` input and output channels and ``MIN_OUTPUT_PIXELS``
 output pixels (per-layer ratios in ``tools/benchmark.py`` stage a's doc),
-and the direct convolution otherwise.
+and the direct convolution otherwise. On AVX-512 CPUs oneDNN's direct
+convolution is faster than this Winograd up to 256 channels, so there
+``MIN_CHANNELS`` is 512 (:data:`MIN_CHANNELS_BY_CPU`).
 
 PyTorch sends 1x1 convolutions on one thread with fewer than 16 images to
 its reference GEMM path instead of oneDNN; :class:`InferenceConv2d` calls
@@ -42,10 +44,35 @@ from torch import nn
 __all__ = ['InferenceConv2d', 'use_fast_convs', 'winograd_conv3x3',
            'winograd_pays', 'winograd_weight', 'direct_conv2d']
 
-# Measured on a 2-core AMD EPYC, 1 thread (Winograd / direct): 256->256 at
-# 184x320 1.26x, 46x80 1.48x, 23x40 (512) 1.6x, 100x14x14 1.3x; 256 at
-# 12x20 0.93x, 64->64 at 184x320 0.8x.
-MIN_CHANNELS = 128
+# The fewest channels for Winograd, by the CPU's vector instructions
+# (torch.backends.cpu.get_cpu_capability()). Measured with stage f, one
+# thread (Winograd / direct):
+# - AVX2, a 2-core AMD EPYC: 256->256 at 184x320 1.26x, 46x80 1.48x,
+#   23x40 (512) 1.6x, 100x14x14 1.3x; 256 at 12x20 0.93x, 64->64 at
+#   184x320 0.8x;
+# - AVX-512, a 2-core Intel Xeon: oneDNN's direct convolution is as fast or
+#   faster up to 256 channels (184x320 1.00x, 46x80 0.80x, 100x14x14
+#   0.93x), and Winograd pays at 512 (23x40 1.25x). The R-50 forward at
+#   1280x720: 5639 ms with the 512 rule, 5933 ms with 128, 5996 ms without
+#   Winograd (one process, interleaved).
+MIN_CHANNELS_BY_CPU = {'AVX512': 512}
+MIN_CHANNELS_DEFAULT = 128
+
+
+def min_channels_for(capability: str) -> int:
+    """``MIN_CHANNELS`` for a CPU capability string of
+    ``torch.backends.cpu.get_cpu_capability()`` ('AVX2', 'AVX512', ...)."""
+    return MIN_CHANNELS_BY_CPU.get(capability, MIN_CHANNELS_DEFAULT)
+
+
+def _cpu_capability() -> str:
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):  # older torch
+        return ''
+
+
+MIN_CHANNELS = min_channels_for(_cpu_capability())
 MIN_OUTPUT_PIXELS = 400
 CHUNK_TILES = 512  # tiles per GEMM: the transforms' data stays in cache
 

@@ -20,8 +20,14 @@ import os
 import pytest
 import torch
 
+from bdd100k_ins_seg import fast_conv
 from bdd100k_ins_seg.cli import quiet_known_warnings
 from bdd100k_ins_seg.threads import ENV, available_cores, plan_threads
+
+# The suite takes the same Winograd paths on every CPU: the rule of AVX2
+# CPUs (from 128 channels; AVX-512 ones use 512 outside the tests).
+# test_fast_conv checks the choice by CPU.
+fast_conv.MIN_CHANNELS = fast_conv.MIN_CHANNELS_DEFAULT
 
 WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT') or 1)
 THREADS = plan_threads(processes=WORKERS)  # OMP_NUM_THREADS, if set, wins

@@ -197,3 +197,26 @@ def test_use_fast_convs_keeps_the_state_dict_and_skips_other_convs():
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_min_channels_by_cpu():
+    """Winograd from 128 channels on AVX2 (and unknown) CPUs, from 512 on
+    AVX-512 ones, where oneDNN's direct convolution is as fast up to 256;
+    the module's rule is the one of the CPU it runs on."""
+    assert fast_conv.min_channels_for('AVX2') == 128
+    assert fast_conv.min_channels_for('DEFAULT') == 128
+    assert fast_conv.min_channels_for('') == 128
+    assert fast_conv.min_channels_for('AVX512') == 512
+    # a fresh interpreter (the suite pins the AVX2 rule in this one)
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, '-c', 'import torch\n'
+         'from bdd100k_ins_seg import fast_conv as f\n'
+         'from torch import nn\n'
+         'print(torch.backends.cpu.get_cpu_capability(), f.MIN_CHANNELS, '
+         'f.winograd_pays(nn.Conv2d(256, 256, 3, padding=1)))'],
+        capture_output=True, text=True, check=True).stdout.split()
+    capability, channels, pays = out[0], int(out[1]), out[2] == 'True'
+    assert channels == fast_conv.min_channels_for(capability)
+    assert pays == (channels <= 256)
