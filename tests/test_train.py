@@ -133,9 +133,13 @@ def _logged(work_dir, key='loss'):
     return [(r['iter'], r[key]) for r in records if key in r]
 
 
+def _state(checkpoint, key):
+    return torch.load(checkpoint, map_location='cpu',
+                      weights_only=False)[key]
+
+
 def _adam_steps(checkpoint):
-    state = torch.load(checkpoint, map_location='cpu',
-                       weights_only=False)['optimizer']['state']
+    state = _state(checkpoint, 'optimizer')['state']
     return {int(s['step']) for s in state.values()}
 
 
@@ -290,11 +294,6 @@ def test_unknown_model_is_one_line_error(tiny_config, tmp_path):
     assert last.startswith(f'train.py: error: config {tiny_config}: ')
     assert 'NoSuchDetector' in last
     assert 'Traceback' not in proc.stderr
-
-
-def _state(checkpoint, key):
-    return torch.load(checkpoint, map_location='cpu',
-                      weights_only=False)[key]
 
 
 def test_channels_last_training_is_the_same_training(tiny_config, tmp_path):
