@@ -173,3 +173,145 @@ def test_train_step_batch_has_the_boxes_and_masks():
             ys, xs = mask.nonzero()
             assert (xs.min(), ys.min()) == (x1, y1)
             assert (xs.max() + 1, ys.max() + 1) == (x2, y2)
+
+
+SAMPLE_ON = '''
+_base_ = {sample!r}
+data_root = {data_root!r}
+train_dataloader = dict(dataset=dict(data_root=data_root))
+'''
+
+
+@pytest.fixture(scope='module')
+def sample_on_tiny_data(tmp_path_factory):
+    """The sample config over 3 generated 96x64 training images, and a
+    checkpoint of its model with non-default weights."""
+    import torch
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    root = tmp_path_factory.mktemp('bench_t')
+    data_root = str(root / 'sample') + '/'
+    generate_sample_dataset(data_root, seed=2, counts=dict(train=3),
+                            size=(96, 64), nproc=1, progress=False)
+    config = root / 'sample_on_tiny.py'
+    config.write_text(SAMPLE_ON.format(sample=osp.join(REPO, SAMPLE),
+                                       data_root=data_root))
+    model = init_detector(Config.fromfile(str(config)), checkpoint=None,
+                          device='cpu')
+    state = {k: v + 0.5 if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    checkpoint = root / 'trained.pth'
+    torch.save({'state_dict': state, 'meta': {}}, checkpoint)
+    return str(config), str(checkpoint), data_root, state
+
+
+def test_build_model_loads_the_checkpoint(sample_on_tiny_data):
+    """--checkpoint's weights are the model's in stages a, c, e and t."""
+    import torch
+
+    from bdd100k_ins_seg.benchmark.model import build_model
+    config, checkpoint, _, state = sample_on_tiny_data
+    model, _ = build_model(config, 'cpu', checkpoint)
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    untrained, _ = build_model(config, 'cpu')
+    conv = 'backbone.conv1.weight'
+    assert not torch.equal(untrained.state_dict()[conv], state[conv])
+
+
+def test_dataset_batches_are_the_training_images(sample_on_tiny_data):
+    """--train-batches: batches of 2 images of the config's training set,
+    through its train pipeline (resized by it) and the data preprocessor,
+    with the images' labeled instances; more batches than the set has
+    images start it again."""
+    import json
+
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.benchmark.train_step import dataset_batches
+    config, _, data_root, _ = sample_on_tiny_data
+    cfg = Config.fromfile(config)
+    model = init_detector(cfg, checkpoint=None, device='cpu')
+    batches = dataset_batches(model, cfg, 3)
+    assert len(batches) == 3
+    with open(osp.join(data_root, 'jsons',
+                       'ins_seg_train_cocofmt.json')) as f:
+        coco = json.load(f)
+    files = {im['file_name']: im['id'] for im in coco['images']}
+    per_image = {i: 0 for i in files.values()}
+    for ann in coco['annotations']:
+        if not ann.get('iscrowd', 0) and not ann.get('ignore', 0):
+            per_image[ann['image_id']] += 1
+    seen = []
+    for batch in batches:
+        inputs, samples = batch['inputs'], batch['data_samples']
+        assert inputs.shape[:2] == (2, 3) and inputs.dtype.is_floating_point
+        for sample in samples:
+            name = osp.basename(sample.img_path)
+            seen.append(name)
+            # 96x64 resized into the sample's 320x192 keeping the ratio
+            assert sample.img_shape == (192, 288)
+            assert len(sample.gt_instances) == per_image[files[name]]
+            assert sample.gt_instances.masks.masks.shape[1:] == (192, 288)
+    assert set(seen) == set(files) and len(seen) == 6
+
+
+def test_train_step_stage_with_checkpoint_and_dataset(sample_on_tiny_data,
+                                                      tmp_path):
+    config, checkpoint, _, _ = sample_on_tiny_data
+    out = tmp_path / 'train.json'
+    load_tool().main([config, '--device', 'cpu', '--json', str(out),
+                      '--repeats', '1', '--stages', 't', '--threads', '1',
+                      '--checkpoint', checkpoint, '--train-batches', '2'])
+    result = json.loads(out.read_text())
+    assert result['checkpoint'] == checkpoint
+    rows = result['rows']
+    assert [r['stage'] for r in rows] == ['t', 't']
+    assert '2 batches of the training set' in rows[0]['what']
+    assert 'padded to 288x192' in rows[0]['what']
+    assert 'weights of trained.pth' in rows[0]['what']
+    for row in rows:
+        assert row['ms_per_image'] > 0 and row['baseline_ms_per_image'] > 0
+
+
+def test_bad_checkpoint_or_training_set_is_named(sample_on_tiny_data,
+                                                 tmp_path, capsys):
+    """A missing or foreign checkpoint and an absent training set stop the
+    tool with one line naming them, before any stage, and no json."""
+    import torch
+    config, _, _, _ = sample_on_tiny_data
+    out = tmp_path / 'x.json'
+    foreign = tmp_path / 'foreign.pth'
+    torch.save({'state_dict': {'head.weight': torch.zeros(2)}}, foreign)
+    missing_data = tmp_path / 'no_data.py'
+    missing_data.write_text(SAMPLE_ON.format(
+        sample=osp.join(REPO, SAMPLE), data_root=str(tmp_path / 'none/')))
+    for argv, message in (
+            ([config, '--checkpoint', str(tmp_path / 'nope.pth')],
+             'nope.pth'),
+            ([config, '--checkpoint', str(foreign)],
+             f'checkpoint {foreign}: does not fit the model of the config'),
+            ([str(missing_data), '--stages', 't', '--train-batches', '1'],
+             f'--train-batches: the training set of {missing_data} is not '
+             'there')):
+        with pytest.raises(SystemExit) as info:
+            load_tool().main(argv + ['--json', str(out), '--threads', '1'])
+        assert info.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1], err
+        assert not out.exists()
+    with pytest.raises(SystemExit) as info:
+        load_tool().main([config, '--json', str(out), '--train-batches',
+                          '-1'])
+    assert info.value.code == 2
+    assert '--train-batches: must be at least 0' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        load_tool().main([config, '--json', str(out), '--stages', 'a',
+                          '--train-batches', '2'])
+    assert info.value.code == 2
+    assert 'which --stages leaves out' in capsys.readouterr().err

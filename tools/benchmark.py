@@ -3,7 +3,8 @@ each against a baseline in the same run (bdd100k_ins_seg.benchmark).
 
     python tools/benchmark.py CONFIG --device cpu|cuda --json OUT
                               [--repeats N] [--threads T] [--stages a,d,e]
-                              [--size WxH]
+                              [--size WxH] [--checkpoint CKPT]
+                              [--train-batches N]
 """
 import argparse
 
@@ -34,6 +35,13 @@ def parse_args(argv=None):
                         '(default: all)')
     parser.add_argument('--size', default='1280x720',
                         help='image WIDTHxHEIGHT (default 1280x720)')
+    parser.add_argument('--checkpoint', default=None, metavar='CKPT',
+                        help="weights of the config's model in stages a, c, "
+                        'e and t (default: untrained)')
+    parser.add_argument('--train-batches', type=int, default=0, metavar='N',
+                        help='stage t: step over N batches of the '
+                        "config's training set (its pipeline sets the "
+                        'size) instead of one synthetic batch')
     parser.add_argument('--images', type=int, default=8,
                         help="images of the evaluator's synthetic split")
     parser.add_argument('--work-dir', default=None,
@@ -57,6 +65,12 @@ def parse_args(argv=None):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f'--{flag}: must be at least 1, got {value}')
+    if args.train_batches < 0:
+        parser.error(f'--train-batches: must be at least 0, got '
+                     f'{args.train_batches}')
+    if args.train_batches and args.stages and 't' not in args.stages:
+        parser.error('--train-batches: it sets the batches of stage t, '
+                     'which --stages leaves out')
     return args
 
 

@@ -43,9 +43,12 @@ STAGE_MODULES = {'a': 'model', 'b': 'postprocess', 'c': 'postprocess',
 ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
             'baseline_ms_per_image', 'speedup')
 
-#: Read by the stage modules: image size (width, height) and the number of
-#: images of the evaluator's synthetic split.
-SETTINGS = dict(size=(1280, 720), images=8)
+#: Read by the stage modules: image size (width, height), the number of
+#: images of the evaluator's synthetic split, the weights of the config's
+#: model in stages a, c, e and t (None: untrained) and stage t's batches
+#: from the config's training set (0: one synthetic batch).
+SETTINGS = dict(size=(1280, 720), images=8, checkpoint=None,
+                train_batches=0)
 
 def load_stage(name: str):
     """The stage module ``bdd100k_ins_seg.benchmark.<name>``; an error
@@ -151,6 +154,25 @@ def machine_info(device: str) -> Dict[str, object]:
     return info
 
 
+def missing_training_files(cfg) -> Optional[str]:
+    """The first of the config's training annotation file and image folder
+    that is not on disk (None if both are)."""
+    dataset = cfg.train_dataloader.dataset
+    while 'dataset' in dataset:  # RepeatDataset and other wrappers
+        dataset = dataset.dataset
+    root = dataset.get('data_root') or ''
+    paths = []
+    if dataset.get('ann_file'):
+        paths.append((osp.isfile, osp.join(root, dataset.ann_file)))
+    prefix = (dataset.get('data_prefix') or {}).get('img')
+    if prefix:
+        paths.append((osp.isdir, osp.join(root, prefix)))
+    for exists, path in paths:
+        if not exists(path):
+            return path
+    return None
+
+
 def run_cli(args) -> None:
     """What ``tools/benchmark.py`` does once its arguments are parsed
     (``args``: its argparse namespace)."""
@@ -160,12 +182,29 @@ def run_cli(args) -> None:
     import torch
     if args.device == 'cuda' and not torch.cuda.is_available():
         fail('--device cuda', 'no CUDA device available')
+    checkpoint = getattr(args, 'checkpoint', None)
+    train_batches = getattr(args, 'train_batches', 0) or 0
+    if checkpoint or train_batches:
+        # Named here, in one line, before any stage runs.
+        from mmengine.config import Config
+
+        from ..checkpoint import check_checkpoint_or_fail
+        from ..config_lookup import install_base_config_lookup
+        install_base_config_lookup()
+        cfg = Config.fromfile(args.config)
+        if checkpoint:
+            check_checkpoint_or_fail(cfg, checkpoint)
+        missing = train_batches and missing_training_files(cfg)
+        if missing:
+            fail('--train-batches', f'the training set of {args.config} is '
+                 f'not there: {missing} not found')
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     else:
         from ..threads import configure_threads
         configure_threads(num_workers=0)
-    SETTINGS.update(size=args.size, images=args.images)
+    SETTINGS.update(size=args.size, images=args.images,
+                    checkpoint=checkpoint, train_batches=train_batches)
     with tempfile.TemporaryDirectory() as tmp:
         work_dir = args.work_dir or tmp
         try:
@@ -174,9 +213,9 @@ def run_cli(args) -> None:
         except RuntimeError as e:
             fail('stage', e)
     print(format_table(rows), flush=True)
-    result = dict(config=args.config, repeats=args.repeats,
-                  size=list(args.size), machine=machine_info(args.device),
-                  rows=rows)
+    result = dict(config=args.config, checkpoint=checkpoint,
+                  repeats=args.repeats, size=list(args.size),
+                  machine=machine_info(args.device), rows=rows)
     folder = osp.dirname(args.json)
     if folder:
         os.makedirs(folder, exist_ok=True)

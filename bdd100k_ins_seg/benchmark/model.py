@@ -39,9 +39,10 @@ def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
         small.repeat(16, 0).repeat(16, 1)[:height, :width])
 
 
-def build_model(config: str, device: str):
-    """The config's detector with untrained weights, in eval mode, its
-    mask pasting switched off (see the module doc)."""
+def build_model(config: str, device: str, checkpoint: str = None):
+    """The config's detector in eval mode, its mask pasting switched off
+    (see the module doc); untrained, or with the weights of
+    ``checkpoint``."""
     from mmdet.apis import init_detector
     from mmengine.config import Config
 
@@ -52,6 +53,10 @@ def build_model(config: str, device: str):
         # "checkpoint is None, use COCO classes": untrained on purpose.
         warnings.simplefilter('ignore', UserWarning)
         model = init_detector(cfg, checkpoint=None, device=device)
+    if checkpoint:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
+                        logger='silent')
     model.eval()
     heads = getattr(model.roi_head, 'mask_head', None)
     if heads is not None:
@@ -122,7 +127,7 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     from ..optimize import optimize_for_inference
     width, height = SETTINGS['size']
     image = synthetic_image(width, height)
-    model, cfg = build_model(config, device)
+    model, cfg = build_model(config, device, SETTINGS['checkpoint'])
     inputs, samples = model_inputs(model, cfg, image)
     fast = copy.deepcopy(model)
     done = optimize_for_inference(fast)
@@ -160,6 +165,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         [forward(model), forward(fast), theirs], repeats, sync)
     name = osp.splitext(osp.basename(config))[0]
     where = f'{width}x{height}, {device}, {torch.get_num_threads()} threads'
+    if SETTINGS['checkpoint']:
+        where += ', weights of ' + osp.basename(SETTINGS['checkpoint'])
     optimized = (f"{name} optimized forward ({done['folded']} BN folded"
                  + (', channels_last' if done['channels_last'] else '')
                  + (f", {done['winograd']} Winograd 3x3"

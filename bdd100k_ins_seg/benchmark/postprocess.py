@@ -12,7 +12,8 @@ b. One 1280x720 image with 100 detections of realistic sizes (10-400 px
    work of one image, and for what the main thread spends handing an image
    to the background writer (on a CPU model it paints there too).
 c. ``test.py CONFIG CKPT --img-dir DIR --format-only`` (untrained weights,
-   so every image has its full 100 detections) on synthetic 1280x720
+   so every image has its full 100 detections, or ``--checkpoint``'s
+   weights) on synthetic 1280x720
    images, per image: the time between the first and the last PNG written
    over the images between them (start-up and the first image's warm-up
    left out); baseline: the model forward alone (as stage a: the
@@ -208,9 +209,16 @@ def stage_c(config, device, repeats, work_dir, count=12):
     threads = torch.get_num_threads()
     cfg = Config.fromfile(config)
     model = init_detector(cfg, checkpoint=None, device=device)
+    checkpoint = SETTINGS['checkpoint']
+    if checkpoint:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
+                        logger='silent')
+    else:
+        checkpoint = osp.join(work_dir, 'untrained.pth')
+        torch.save({'state_dict': model.state_dict(), 'meta': {}},
+                   checkpoint)
     model.eval()
-    checkpoint = osp.join(work_dir, 'untrained.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
     img_dir = osp.join(work_dir, 'images')
     _write_images(img_dir, count, width, height)
 
@@ -260,8 +268,10 @@ def stage_c(config, device, repeats, work_dir, count=12):
     t_forward = statistics.median(forwards)
     t_test = statistics.median(runs)
     name = osp.splitext(osp.basename(config))[0]
+    weights = ('weights of ' + osp.basename(SETTINGS['checkpoint'])
+               if SETTINGS['checkpoint'] else 'untrained weights')
     what = (f'test.py --format-only, {name}, {width}x{height}, {device}, '
-            f'{threads} threads, untrained weights')
+            f'{threads} threads, {weights}')
     return [make_row('c', what, t_test, 'model forward alone (same images)',
                  t_forward)]
 

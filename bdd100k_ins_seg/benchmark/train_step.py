@@ -6,12 +6,21 @@ against the size rule of ``ops.torchvision_ext.CL_FORWARD_MIN_ELEMENTS``.
 
 The batch is 2 synthetic images of ``SETTINGS['size']`` with 15 random boxes
 each (their masks fill the boxes), through the config's data preprocessor
-once. The NCHW and the channels_last model start from the same weights;
-the three steps run in turn, repeat after repeat
-(:func:`interleaved_medians`). The sample config is trained at its own
-size: ``--size 320x192``.
+once. The NCHW and the channels_last model start from the same weights
+(untrained, or ``--checkpoint``'s); the three steps run in turn, repeat
+after repeat (:func:`interleaved_medians`). The sample config is trained at
+its own size: ``--size 320x192``.
+
+An untrained model's proposals are spread over the image, and its RoI heads
+see few positives: what a step costs late in a training run takes the
+weights of a finished run (``--checkpoint``) and real batches
+(``--train-batches N``: N batches of 2 images from the config's training
+set, through its train pipeline, so at its size; call k of every step
+variant takes batch k mod N, so the variants see the same batches in the
+same order).
 """
 import copy
+import os.path as osp
 
 import numpy as np
 import torch
@@ -54,6 +63,31 @@ def synthetic_batch(model, num_classes: int, width: int, height: int):
                                         data_samples=samples), True)
 
 
+def dataset_batches(model, cfg, count: int) -> list:
+    """``count`` batches of :data:`IMAGES` images from the config's
+    training set (its train dataloader's dataset and sampler, seed 0, no
+    worker processes), each through the data preprocessor."""
+    from mmengine.runner import Runner
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg.update(batch_size=IMAGES, num_workers=0,
+                      persistent_workers=False)
+    try:
+        loader = Runner.build_dataloader(loader_cfg, seed=0)
+        batches, source = [], iter(loader)
+        for _ in range(count):
+            try:
+                batch = next(source)
+            except StopIteration:  # a finite sampler: start it again
+                source = iter(loader)
+                batch = next(source)
+            batches.append(model.data_preprocessor(batch, True))
+    except (OSError, ValueError, KeyError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f'--train-batches: cannot read the training set '
+                           f'of the config: {message}') from None
+    return batches
+
+
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     if device != 'cpu':
         return []  # channels_last training applies on CPU only
@@ -61,39 +95,54 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
 
     from ..ops import torchvision_ext
 
-    # Stage a's untrained detector (its switched-off mask pasting is a
+    # Stage a's detector (its switched-off mask pasting is a
     # prediction step: the losses do not call it), in training mode.
-    nchw, cfg = build_model(config, 'cpu')
+    nchw, cfg = build_model(config, 'cpu', SETTINGS['checkpoint'])
     nchw.train()
     nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
     heads = nchw.roi_head.bbox_head
     num_classes = (heads[0] if isinstance(heads, torch.nn.ModuleList)
                    else heads).num_classes
-    width, height = SETTINGS['size']
-    data = synthetic_batch(nchw, num_classes, width, height)
+    if SETTINGS['train_batches']:
+        batches = dataset_batches(nchw, cfg, SETTINGS['train_batches'])
+        height, width = batches[0]['inputs'].shape[-2:]
+        images = (f'{len(batches)} batches of the training set '
+                  f'({IMAGES} images, padded to {width}x{height})')
+    else:
+        width, height = SETTINGS['size']
+        batches = [synthetic_batch(nchw, num_classes, width, height)]
+        images = (f'{IMAGES} images {width}x{height}, {BOXES} instances '
+                  'each')
     nchw_optim, nhwc_optim = (
         build_optim_wrapper(m, copy.deepcopy(cfg.optim_wrapper))
         for m in (nchw, nhwc))
     rule = torchvision_ext.CL_FORWARD_MIN_ELEMENTS
 
-    def step(model, optim_wrapper, separable_everywhere=False):
-        torchvision_ext.CL_FORWARD_MIN_ELEMENTS = \
-            0 if separable_everywhere else rule
-        try:
-            losses = model.loss(data['inputs'], data['data_samples'])
-            loss, _ = model.parse_losses(losses)
-            optim_wrapper.update_params(loss)
-        finally:
-            torchvision_ext.CL_FORWARD_MIN_ELEMENTS = rule
+    def variant(model, optim_wrapper, separable_everywhere=False):
+        calls = [0]
+
+        def step():
+            data = batches[calls[0] % len(batches)]
+            calls[0] += 1
+            torchvision_ext.CL_FORWARD_MIN_ELEMENTS = \
+                0 if separable_everywhere else rule
+            try:
+                losses = model.loss(data['inputs'], data['data_samples'])
+                loss, _ = model.parse_losses(losses)
+                optim_wrapper.update_params(loss)
+            finally:
+                torchvision_ext.CL_FORWARD_MIN_ELEMENTS = rule
+        return step
 
     ours, separable, plain = interleaved_medians(
-        [lambda: step(nhwc, nhwc_optim),
-         lambda: step(nhwc, nhwc_optim, True),
-         lambda: step(nchw, nchw_optim)], repeats)
+        [variant(nhwc, nhwc_optim),
+         variant(nhwc, nhwc_optim, True),
+         variant(nchw, nchw_optim)], repeats)
     optimizer = type(nchw_optim.optimizer).__name__
-    what = (f'training step ({optimizer}), {IMAGES} images {width}x{height}, '
-            f'{BOXES} instances each, channels_last weights, '
-            f'{torch.get_num_threads()} threads')
+    weights = ('weights of ' + osp.basename(SETTINGS['checkpoint'])
+               if SETTINGS['checkpoint'] else 'untrained')
+    what = (f'training step ({optimizer}), {images}, {weights}, '
+            f'channels_last weights, {torch.get_num_threads()} threads')
     return [
         make_row('t', what, ours / IMAGES, 'the same, NCHW weights',
                  plain / IMAGES),
