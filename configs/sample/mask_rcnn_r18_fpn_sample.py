@@ -7,7 +7,7 @@ is narrow, the batch small and the RoI sampling light (64 RoIs per image,
 not 512), with a 32-channel RPN head and fused AdamW. The mask head keeps
 mmdet's 4 convolutions: with 2 (and 48 RoIs) a step was ~5-15% cheaper,
 but the AP fell to the bar's edge and below it on another CPU. What each
-choice cost in time and AP, and the schedules tried: README, "Quick start".
+choice cost in time and AP, and the schedules tried: docs/demo.md.
 
 Another length: --cfg-options train_cfg.max_iters=N. ScaleScheduleHook
 (bdd100k_ins_seg.schedule) then scales the warm-up, the LR milestones and
