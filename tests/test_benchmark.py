@@ -315,3 +315,25 @@ def test_bad_checkpoint_or_training_set_is_named(sample_on_tiny_data,
                           '--train-batches', '2'])
     assert info.value.code == 2
     assert 'which --stages leaves out' in capsys.readouterr().err
+
+
+def test_postprocess_and_test_py_stages_rows(sample_on_tiny_data, tmp_path):
+    """Stages b and c at a tiny size, c with --checkpoint's weights (test.py
+    runs on them; no timing assertions)."""
+    config, checkpoint, _, _ = sample_on_tiny_data
+    out = tmp_path / 'bc.json'
+    load_tool().main([config, '--device', 'cpu', '--json', str(out),
+                      '--repeats', '1', '--stages', 'b,c', '--size', '96x64',
+                      '--threads', '1', '--checkpoint', checkpoint,
+                      '--work-dir', str(tmp_path / 'wd')])
+    rows = json.loads(out.read_text())['rows']
+    assert [r['stage'] for r in rows] == ['b', 'b', 'b', 'c']
+    # test.py ran on the given file: no untrained stand-in was written
+    assert osp.isdir(tmp_path / 'wd' / 'postprocess' / 'images')
+    assert not osp.exists(tmp_path / 'wd' / 'postprocess' / 'untrained.pth')
+    assert 'weights of trained.pth' in rows[3]['what']
+    assert rows[3]['baseline'] == 'model forward alone (same images)'
+    for row in rows:
+        assert row['ms_per_image'] > 0 and row['baseline_ms_per_image'] > 0
+        assert row['speedup'] == pytest.approx(
+            row['baseline_ms_per_image'] / row['ms_per_image'])

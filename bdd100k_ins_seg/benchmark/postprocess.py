@@ -163,10 +163,6 @@ def stage_b(device, repeats, work_dir, num=100):
     ]
 
 
-def _keep_logits(mask_preds=None, results_list=None, *args, **kwargs):
-    return results_list
-
-
 def _write_images(folder, count, width, height, seed=0):
     from PIL import Image
     os.makedirs(folder, exist_ok=True)
@@ -200,30 +196,21 @@ def _test_py_ms_per_image(config, checkpoint, img_dir, out_dir, work_dir,
 
 def stage_c(config, device, repeats, work_dir, count=12):
     import torch
-    from mmdet.apis import init_detector
-    from mmengine.config import Config
 
-    from ..config_lookup import install_base_config_lookup
-    install_base_config_lookup()
+    from .model import build_model
     width, height = SETTINGS['size']
     threads = torch.get_num_threads()
-    cfg = Config.fromfile(config)
-    model = init_detector(cfg, checkpoint=None, device=device)
+    # Its mask pasting switched off: the baseline is the forward alone, the
+    # network up to the mask logits (mmdet's paste is post-processing).
+    model, cfg = build_model(config, device, SETTINGS['checkpoint'])
     checkpoint = SETTINGS['checkpoint']
-    if checkpoint:
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
-                        logger='silent')
-    else:
+    if not checkpoint:
         checkpoint = osp.join(work_dir, 'untrained.pth')
         torch.save({'state_dict': model.state_dict(), 'meta': {}},
                    checkpoint)
-    model.eval()
     img_dir = osp.join(work_dir, 'images')
     _write_images(img_dir, count, width, height)
 
-    # The forward alone on the same images: the network up to the mask
-    # logits (mmdet's mask paste is post-processing).
     from mmcv.transforms import Compose
     pipeline = []
     for step in cfg.get('unlabeled_test_pipeline',
@@ -233,10 +220,6 @@ def stage_c(config, device, repeats, work_dir, count=12):
             continue
         pipeline.append(step)
     transform = Compose(pipeline)
-    heads = getattr(model.roi_head, 'mask_head', None)
-    heads = heads if hasattr(heads, '__len__') else [heads]
-    for head in heads:
-        head.predict_by_feat = _keep_logits
     batches = []
     for name in sorted(os.listdir(img_dir)):
         data = transform(dict(img_path=osp.join(img_dir, name),
