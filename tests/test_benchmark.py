@@ -38,8 +38,24 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
     assert 'optimized' in rows[1]['what'] and 'BN folded' in rows[2]['what']
     assert rows[1]['baseline_ms_per_image'] == rows[0]['ms_per_image']
     assert result['machine']['threads'] == 1
+    pace = result['machine']['pace_probe_ms']
+    assert len(pace) == 2 and all(ms > 0 for ms in pace)
     table = capsys.readouterr().out
     assert '| d | evaluator' in table and 'torchvision' in table
+    assert (f'pace probe (a fixed 3x3 convolution on one thread): '
+            f'{pace[0]:.1f} ms before the stages, {pace[1]:.1f} ms after'
+            in table)
+
+
+def test_pace_probe_keeps_the_thread_count():
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert benchmark.pace_probe_ms(repeats=2) > 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_missing_stage_module_is_named(monkeypatch, tmp_path):

@@ -139,6 +139,26 @@ def format_table(rows: Sequence[dict]) -> str:
     return '\n'.join(lines)
 
 
+def pace_probe_ms(repeats: int = 10) -> float:
+    """Median ms of one fixed 3x3 convolution on one CPU thread (input
+    32 x 64 x 48 x 80, 64 output channels, random weights): the pace of
+    a shared machine at that moment, to tell runs in its fast and slow
+    periods apart. The thread count is restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(32, 64, 48, 80, generator=generator)
+        w = torch.randn(64, 64, 3, 3, generator=generator)
+        with torch.no_grad():
+            return median_ms(
+                lambda: torch.nn.functional.conv2d(x, w, padding=1),
+                repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def machine_info(device: str) -> Dict[str, object]:
     import torch
     from ..threads import available_cores
@@ -205,6 +225,7 @@ def run_cli(args) -> None:
         configure_threads(num_workers=0)
     SETTINGS.update(size=args.size, images=args.images,
                     checkpoint=checkpoint, train_batches=train_batches)
+    pace = [pace_probe_ms()]
     with tempfile.TemporaryDirectory() as tmp:
         work_dir = args.work_dir or tmp
         try:
@@ -212,10 +233,15 @@ def run_cli(args) -> None:
                               work_dir, args.stages)
         except RuntimeError as e:
             fail('stage', e)
+    pace.append(pace_probe_ms())
     print(format_table(rows), flush=True)
+    print('pace probe (a fixed 3x3 convolution on one thread): '
+          f'{pace[0]:.1f} ms before the stages, {pace[1]:.1f} ms after')
+    machine = machine_info(args.device)
+    machine['pace_probe_ms'] = pace
     result = dict(config=args.config, checkpoint=checkpoint,
                   repeats=args.repeats, size=list(args.size),
-                  machine=machine_info(args.device), rows=rows)
+                  machine=machine, rows=rows)
     folder = osp.dirname(args.json)
     if folder:
         os.makedirs(folder, exist_ok=True)
