@@ -16,7 +16,7 @@ STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e', 'f', 't')
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Images/s and ms per image of the model forward (a), '
-        'post-processing (b), test.py --format-only (c), the evaluator (d) '
+        'post-processing (b), test.py --format-only (c), the evaluator (d), '
         "the forward against torchvision's maskrcnn_resnet50_fpn (e), the "
         'convolutions (f) and a training step (t), each against its '
         'baseline in the same run (medians).')
