@@ -4,7 +4,7 @@
 config says ``memory_format = 'channels_last'``. On CPU oneDNN's
 convolutions run faster on channels_last (NHWC) maps than on NCHW ones,
 forward and backward: the sample model's training step on one thread ran
-1.13-1.17x faster on an AVX-512 Xeon (``tools/benchmark.py --stages t``;
+1.13-1.24x faster on an AVX-512 Xeon (``tools/benchmark.py --stages t``;
 docs/demo.md). The model's
 4-d weights are put in channels_last before DDP wraps it, so that the
 convolutions' outputs, the gradients, DDP's buckets and the optimizer's

@@ -50,6 +50,14 @@ ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
 SETTINGS = dict(size=(1280, 720), images=8, checkpoint=None,
                 train_batches=0)
 
+
+def weights_label() -> str:
+    """'weights of NAME' for ``--checkpoint``'s file in a row's label; ''
+    for an untrained model."""
+    checkpoint = SETTINGS['checkpoint']
+    return 'weights of ' + osp.basename(checkpoint) if checkpoint else ''
+
+
 def load_stage(name: str):
     """The stage module ``bdd100k_ins_seg.benchmark.<name>``; an error
     naming it if it is missing."""
@@ -202,8 +210,7 @@ def run_cli(args) -> None:
     import torch
     if args.device == 'cuda' and not torch.cuda.is_available():
         fail('--device cuda', 'no CUDA device available')
-    checkpoint = getattr(args, 'checkpoint', None)
-    train_batches = getattr(args, 'train_batches', 0) or 0
+    checkpoint, train_batches = args.checkpoint, args.train_batches
     if checkpoint or train_batches:
         # Named here, in one line, before any stage runs.
         from mmengine.config import Config

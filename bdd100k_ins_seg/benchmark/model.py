@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from . import SETTINGS, interleaved_medians, make_row
+from . import SETTINGS, interleaved_medians, make_row, weights_label
 
 
 def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -165,8 +165,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         [forward(model), forward(fast), theirs], repeats, sync)
     name = osp.splitext(osp.basename(config))[0]
     where = f'{width}x{height}, {device}, {torch.get_num_threads()} threads'
-    if SETTINGS['checkpoint']:
-        where += ', weights of ' + osp.basename(SETTINGS['checkpoint'])
+    if weights_label():
+        where += ', ' + weights_label()
     optimized = (f"{name} optimized forward ({done['folded']} BN folded"
                  + (', channels_last' if done['channels_last'] else '')
                  + (f", {done['winograd']} Winograd 3x3"

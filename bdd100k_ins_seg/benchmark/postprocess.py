@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from . import SETTINGS, make_row, median_ms
+from . import SETTINGS, make_row, median_ms, weights_label
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -251,10 +251,8 @@ def stage_c(config, device, repeats, work_dir, count=12):
     t_forward = statistics.median(forwards)
     t_test = statistics.median(runs)
     name = osp.splitext(osp.basename(config))[0]
-    weights = ('weights of ' + osp.basename(SETTINGS['checkpoint'])
-               if SETTINGS['checkpoint'] else 'untrained weights')
     what = (f'test.py --format-only, {name}, {width}x{height}, {device}, '
-            f'{threads} threads, {weights}')
+            f'{threads} threads, {weights_label() or "untrained weights"}')
     return [make_row('c', what, t_test, 'model forward alone (same images)',
                  t_forward)]
 

@@ -20,12 +20,11 @@ variant takes batch k mod N, so the variants see the same batches in the
 same order).
 """
 import copy
-import os.path as osp
 
 import numpy as np
 import torch
 
-from . import SETTINGS, interleaved_medians, make_row
+from . import SETTINGS, interleaved_medians, make_row, weights_label
 from .model import build_model, synthetic_image
 
 IMAGES = 2
@@ -139,9 +138,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
          variant(nhwc, nhwc_optim, True),
          variant(nchw, nchw_optim)], repeats)
     optimizer = type(nchw_optim.optimizer).__name__
-    weights = ('weights of ' + osp.basename(SETTINGS['checkpoint'])
-               if SETTINGS['checkpoint'] else 'untrained')
-    what = (f'training step ({optimizer}), {images}, {weights}, '
+    what = (f'training step ({optimizer}), {images}, '
+            f'{weights_label() or "untrained"}, '
             f'channels_last weights, {torch.get_num_threads()} threads')
     return [
         make_row('t', what, ours / IMAGES, 'the same, NCHW weights',
