@@ -340,11 +340,13 @@ def test_channels_last_resume_of_an_nchw_run(tiny_config, tmp_path,
     state is copied into the parameters' layout, so fused AdamW (which
     reads a parameter and its state as raw memory in the same order) makes
     the same step as an NCHW resume."""
-    # One thread (train.py follows OMP_NUM_THREADS): on two, oneDNN splits
-    # NCHW and NHWC reductions differently, and Adam's step magnifies that
-    # rounding where a gradient is near 0 (up to 6e-5 in a 1e-3 step,
-    # against 5e-7 on one thread), which would hide what this test is
-    # about, the optimizer state's layout.
+    # One thread (train.py follows OMP_NUM_THREADS): oneDNN sums NCHW and
+    # NHWC convolutions' gradients in different orders, and Adam's step
+    # magnifies that rounding where a gradient is near 0. On one thread of
+    # an AVX-512 Xeon it stayed under 5e-7 (6e-5 on two); on one thread of
+    # an AMD EPYC it reached 6e-5 in a 9e-4 step, in 0.04% of a tensor's
+    # elements. So the check below is on how many elements differ, not on
+    # the largest difference.
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     threads = torch.get_num_threads()
     try:
@@ -366,9 +368,21 @@ def _resume_in_both_layouts(tiny_config, tmp_path):
     key = 'backbone.layer1.0.conv1.weight'
     step = (resumed['contiguous'][key] - before[key]).abs().max()
     assert step > 1e-5  # the third step moved the weights
+    # Rounding moves a few elements; state paired with the wrong elements
+    # moves most of them (without match_optimizer_state: 89-96% of each
+    # tensor off by more than 1e-5, the summed difference 47% of the summed
+    # step; with it on the EPYC: at most 0.04%, and 0.012%).
+    moved = differ = 0.
     for key, value in resumed['contiguous'].items():
-        torch.testing.assert_close(resumed['channels_last'][key], value,
-                                   rtol=0, atol=1e-5, msg=key)
+        if not value.is_floating_point():
+            assert torch.equal(resumed['channels_last'][key], value), key
+            continue
+        diff = (resumed['channels_last'][key] - value).abs()
+        off = (diff > 1e-5).float().mean().item() if value.numel() else 0.
+        assert off <= 0.01, f'{key}: {off:.1%} of the elements differ'
+        differ += diff.sum().item()
+        moved += (value - before[key]).abs().sum().item()
+    assert differ <= 0.01 * moved, (differ, moved)
 
 
 def test_match_optimizer_state_pairs_the_elements():
