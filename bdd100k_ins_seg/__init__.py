@@ -26,6 +26,7 @@ __all__ = ['ops_backend', '__version__']
 
 from . import datasets  # noqa: E402,F401  (registers BDD100K datasets)
 from . import evaluation  # noqa: E402,F401  (registers BDD100KInsSegMetric)
+from . import optim  # noqa: E402,F401  (registers BF16OptimWrapper)
 from .config_lookup import install_base_config_lookup  # noqa: E402
 
 install_base_config_lookup()

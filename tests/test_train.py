@@ -334,6 +334,29 @@ def test_channels_last_training_is_the_same_training(tiny_config, tmp_path):
                                    msg=key)
 
 
+def test_bf16_optim_wrapper_trains_in_bf16_autocast(tiny_config, tmp_path,
+                                                   monkeypatch):
+    """train.py with optim_wrapper.type=BF16OptimWrapper on a CPU taken to
+    have native bfloat16: the run says so, learns, and saves float32
+    weights that load into the float32 model."""
+    from bdd100k_ins_seg import optim
+    monkeypatch.setattr(optim, 'native_bf16', lambda device: True)
+    work_dir = tmp_path / 'bf16'
+    _train(tiny_config, work_dir, 'train_cfg.max_iters=4',
+           'optim_wrapper.type=BF16OptimWrapper',
+           'memory_format=channels_last')
+    logs = glob.glob(str(work_dir / '*' / '*.log'))
+    text = ''.join(open(path).read() for path in logs)
+    assert 'forward and losses in bfloat16 autocast on cpu' in text
+    losses = [v for _, v in _logged(work_dir)]
+    assert len(losses) == 4 and all(0 < v < 100 for v in losses), losses
+    weights = _state(work_dir / 'iter_4.pth', 'state_dict')
+    assert all(v.dtype == torch.float32 for v in weights.values()
+               if v.is_floating_point())
+    first = _state(work_dir / 'iter_4.pth', 'optimizer')
+    assert first['state']  # AdamW's state, saved as the plain wrapper's
+
+
 def test_channels_last_resume_of_an_nchw_run(tiny_config, tmp_path,
                                             monkeypatch):
     """Resuming an NCHW run's checkpoint in channels_last: the optimizer
