@@ -148,17 +148,29 @@ def test_conv_stage_rows(tmp_path):
     assert used == [True, False, False, True, False, False]
 
 
-def test_train_step_stage_rows(tmp_path):
+@pytest.mark.parametrize('native_bf16', [True, False])
+def test_train_step_stage_rows(tmp_path, monkeypatch, capsys, native_bf16):
     """Stage t at a tiny size: channels_last against NCHW and the RoIAlign
-    size rule against the separable forward everywhere, each a row; the
-    rule is back in place afterwards."""
+    size rule against the separable forward everywhere, each a row, and
+    bfloat16 autocast against float32 where the CPU has native bfloat16
+    (both cases, whatever this CPU has); the rule is back in place
+    afterwards."""
+    from bdd100k_ins_seg import optim
     from bdd100k_ins_seg.ops import torchvision_ext
+    monkeypatch.setattr(optim, 'native_bf16', lambda device: native_bf16)
     out = tmp_path / 'train.json'
     load_tool().main([SAMPLE, '--device', 'cpu', '--json', str(out),
                       '--repeats', '1', '--stages', 't', '--size', '96x64',
                       '--threads', '1'])
     rows = json.loads(out.read_text())['rows']
-    assert [r['stage'] for r in rows] == ['t', 't']
+    said = 'no bfloat16 autocast row: this CPU has no native bfloat16'
+    assert (said in capsys.readouterr().out) != native_bf16
+    assert [r['stage'] for r in rows] == ['t'] * (3 if native_bf16 else 2)
+    if native_bf16:
+        assert rows[2]['what'].endswith(
+            'bfloat16 autocast (BF16OptimWrapper)')
+        assert rows[2]['baseline'] == 'the same, float32'
+        assert rows[2]['baseline_ms_per_image'] == rows[0]['ms_per_image']
     assert 'AdamW' in rows[0]['what'] and '96x64' in rows[0]['what']
     assert rows[0]['baseline'] == 'the same, NCHW weights'
     assert rows[1]['baseline'] == 'separable RoIAlign forward on every map'
@@ -287,7 +299,7 @@ def test_train_step_stage_with_checkpoint_and_dataset(sample_on_tiny_data,
     result = json.loads(out.read_text())
     assert result['checkpoint'] == checkpoint
     rows = result['rows']
-    assert [r['stage'] for r in rows] == ['t', 't']
+    assert [r['stage'] for r in rows][:2] == ['t', 't']
     assert '2 batches of the training set' in rows[0]['what']
     assert 'padded to 288x192' in rows[0]['what']
     assert 'weights of trained.pth' in rows[0]['what']

@@ -18,7 +18,14 @@ weights of a finished run (``--checkpoint``) and real batches
 set, through its train pipeline, so at its size; call k of every step
 variant takes batch k mod N, so the variants see the same batches in the
 same order).
+
+Where the CPU computes bfloat16 natively (``optim.native_bf16``), a third
+model from the same weights takes the channels_last step with its forward
+and losses under bfloat16 autocast (``BF16OptimWrapper``'s context), a row
+against the float32 channels_last step; elsewhere the stage says that it
+leaves that row out, and why.
 """
+import contextlib
 import copy
 
 import numpy as np
@@ -92,6 +99,7 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         return []  # channels_last training applies on CPU only
     from mmengine.optim import build_optim_wrapper
 
+    from .. import optim
     from ..ops import torchvision_ext
 
     # Stage a's detector (its switched-off mask pasting is a
@@ -115,10 +123,24 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     nchw_optim, nhwc_optim = (
         build_optim_wrapper(m, copy.deepcopy(cfg.optim_wrapper))
         for m in (nchw, nhwc))
+    variants = []
+    bf16 = optim.native_bf16('cpu')
+    if bf16:
+        bf16_model = copy.deepcopy(nhwc)
+        bf16_optim = build_optim_wrapper(
+            bf16_model, dict(copy.deepcopy(cfg.optim_wrapper),
+                             type=optim.BF16OptimWrapper))
+        variants.append((bf16_model, bf16_optim, False, True))
+    else:
+        print('stage t: no bfloat16 autocast row: this CPU has no native '
+              'bfloat16 (oneDNN)')
     rule = torchvision_ext.CL_FORWARD_MIN_ELEMENTS
 
-    def variant(model, optim_wrapper, separable_everywhere=False):
+    def variant(model, optim_wrapper, separable_everywhere=False,
+                autocast=False):
         calls = [0]
+        context = (optim_wrapper.optim_context if autocast
+                   else lambda model: contextlib.nullcontext())
 
         def step():
             data = batches[calls[0] % len(batches)]
@@ -126,17 +148,19 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
             torchvision_ext.CL_FORWARD_MIN_ELEMENTS = \
                 0 if separable_everywhere else rule
             try:
-                losses = model.loss(data['inputs'], data['data_samples'])
+                with context(model):
+                    losses = model.loss(data['inputs'], data['data_samples'])
                 loss, _ = model.parse_losses(losses)
                 optim_wrapper.update_params(loss)
             finally:
                 torchvision_ext.CL_FORWARD_MIN_ELEMENTS = rule
         return step
 
-    ours, separable, plain = interleaved_medians(
+    ours, separable, plain, *autocast = interleaved_medians(
         [variant(nhwc, nhwc_optim),
          variant(nhwc, nhwc_optim, True),
-         variant(nchw, nchw_optim)], repeats)
+         variant(nchw, nchw_optim)]
+        + [variant(*args) for args in variants], repeats)
     optimizer = type(nchw_optim.optimizer).__name__
     what = (f'training step ({optimizer}), {images}, '
             f'{weights_label() or "untrained"}, '
@@ -147,4 +171,7 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         make_row('t', what + ', RoIAlign forward by the size rule',
                  ours / IMAGES, 'separable RoIAlign forward on every map',
                  separable / IMAGES),
-    ]
+    ] + [
+        make_row('t', what + ', bfloat16 autocast (BF16OptimWrapper)',
+                 ms / IMAGES, 'the same, float32', ours / IMAGES)
+        for ms in autocast]
