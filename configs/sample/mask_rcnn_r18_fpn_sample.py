@@ -24,7 +24,8 @@ data_root = 'data/bdd100k_sample/'
 image_size = (320, 192)  # (width, height) of the sample images
 # 650 updates of 4 images: 33.8 mask AP on the sample's val split (35.1
 # with seed 1) in the demo's two CPU processes of 2 images each on an
-# AVX-512 Xeon; the demo's bar is 30, and 520 updates fell below it.
+# AVX-512 Xeon in float32; the demo's bar is 30, and 520 updates fell
+# below it.
 max_iters = 650
 
 model = dict(
