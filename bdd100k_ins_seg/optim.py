@@ -3,11 +3,12 @@
 ``optim_wrapper = dict(type='BF16OptimWrapper', ...)`` is mmengine's
 ``OptimWrapper`` with the model's forward and losses (the data
 preprocessor included) under ``torch.autocast(dtype=torch.bfloat16)`` on
-the model's device, when that device computes bfloat16 natively: a CPU for
-which oneDNN reports bfloat16 support (AVX512-BF16 or AMX), or a CUDA
-device with ``torch.cuda.is_bf16_supported()``. Elsewhere (a CPU with
-AVX2 only, say, where bfloat16 would be emulated and slower) it trains in
-float32, and says so once in the log. The weights, their gradients and
+the model's device, when that device computes bfloat16 natively: an x86
+CPU with AVX512-BF16 or AMX instructions and oneDNN's bfloat16 kernels, or
+a CUDA device with ``torch.cuda.is_bf16_supported()``. Elsewhere it trains
+in float32, and says so once in the log: on a CPU with AVX-512 but without
+those instructions oneDNN would still run bfloat16, emulated, and on AVX2
+not at all. (Other CPUs, ARM's included, stay float32: not measured.) The weights, their gradients and
 the optimizer's state stay float32; bfloat16 keeps float32's exponent
 range, so no loss scaling is needed. mmengine's ``AmpOptimWrapper`` runs on
 accelerators only; ``train.py --amp`` still selects it on CUDA.
@@ -32,8 +33,13 @@ def native_bf16(device_type: str) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == 'cpu':
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a build without oneDNN
+            # oneDNN also says yes for plain AVX-512, where it emulates
+            # bfloat16: the instructions are asked for apart.
+            instructions = (torch.cpu._is_avx512_bf16_supported()
+                            or torch.cpu._is_amx_tile_supported())
+            return bool(instructions
+                        and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # older torch, no oneDNN
             return False
     return False
 

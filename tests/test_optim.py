@@ -103,6 +103,26 @@ def test_native_bf16_of_an_unknown_device_is_false():
     assert optim.native_bf16('meta') is False
 
 
+@pytest.mark.parametrize('avx512_bf16,amx,onednn,native', [
+    (True, False, True, True),
+    (False, True, True, True),
+    (False, False, True, False),  # plain AVX-512: oneDNN would emulate
+    (True, True, False, False),   # a build without oneDNN's bf16
+])
+def test_native_bf16_on_cpu_needs_the_instructions(monkeypatch, avx512_bf16,
+                                                   amx, onednn, native):
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported',
+                        lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
+
+    class Mkldnn:
+        @staticmethod
+        def _is_mkldnn_bf16_supported():
+            return onednn
+    monkeypatch.setattr(torch.ops, 'mkldnn', Mkldnn)
+    assert optim.native_bf16('cpu') is native
+
+
 def test_the_wrapper_is_registered_by_the_package():
     from mmdet.registry import OPTIM_WRAPPERS
     from mmengine.optim import build_optim_wrapper

@@ -133,7 +133,7 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         variants.append((bf16_model, bf16_optim, False, True))
     else:
         print('stage t: no bfloat16 autocast row: this CPU has no native '
-              'bfloat16 (oneDNN)')
+              'bfloat16 (AVX512-BF16 or AMX)')
     rule = torchvision_ext.CL_FORWARD_MIN_ELEMENTS
 
     def variant(model, optim_wrapper, separable_everywhere=False,
