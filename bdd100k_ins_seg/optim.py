@@ -10,10 +10,11 @@ in float32, and says so once in the log: on a CPU with AVX-512 but without
 those instructions oneDNN would still run bfloat16, emulated (the sample
 model's step 2.3x slower than float32 with oneDNN held to plain AVX-512,
 against 1.2x faster with AVX512-BF16; docs/demo.md), and on AVX2 not at
-all. (Other CPUs, ARM's included, stay float32: not measured.) The weights, their gradients and
-the optimizer's state stay float32; bfloat16 keeps float32's exponent
-range, so no loss scaling is needed. mmengine's ``AmpOptimWrapper`` runs on
-accelerators only; ``train.py --amp`` still selects it on CUDA.
+all. Other CPUs, ARM's included, stay float32 (not measured). The weights,
+their gradients and the optimizer's state stay float32; bfloat16 keeps
+float32's exponent range, so no loss scaling is needed. mmengine's
+``AmpOptimWrapper`` runs on accelerators only; ``train.py --amp`` still
+selects it on CUDA.
 
 Validation and ``test.py`` run outside the optimizer's context, in
 float32. What it gains and costs on the sample config: docs/demo.md and

@@ -337,8 +337,8 @@ def test_channels_last_training_is_the_same_training(tiny_config, tmp_path):
 def test_bf16_optim_wrapper_trains_in_bf16_autocast(tiny_config, tmp_path,
                                                    monkeypatch):
     """train.py with optim_wrapper.type=BF16OptimWrapper on a CPU taken to
-    have native bfloat16: the run says so, learns, and saves float32
-    weights that load into the float32 model."""
+    have native bfloat16: the run says so, logs finite losses, and saves
+    float32 weights and AdamW's state as the plain wrapper does."""
     from bdd100k_ins_seg import optim
     monkeypatch.setattr(optim, 'native_bf16', lambda device: True)
     work_dir = tmp_path / 'bf16'
@@ -353,8 +353,8 @@ def test_bf16_optim_wrapper_trains_in_bf16_autocast(tiny_config, tmp_path,
     weights = _state(work_dir / 'iter_4.pth', 'state_dict')
     assert all(v.dtype == torch.float32 for v in weights.values()
                if v.is_floating_point())
-    first = _state(work_dir / 'iter_4.pth', 'optimizer')
-    assert first['state']  # AdamW's state, saved as the plain wrapper's
+    optimizer = _state(work_dir / 'iter_4.pth', 'optimizer')
+    assert optimizer['state']  # AdamW's state, saved as the plain wrapper's
 
 
 def test_channels_last_resume_of_an_nchw_run(tiny_config, tmp_path,

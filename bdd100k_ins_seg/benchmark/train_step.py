@@ -123,17 +123,6 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     nchw_optim, nhwc_optim = (
         build_optim_wrapper(m, copy.deepcopy(cfg.optim_wrapper))
         for m in (nchw, nhwc))
-    variants = []
-    bf16 = optim.native_bf16('cpu')
-    if bf16:
-        bf16_model = copy.deepcopy(nhwc)
-        bf16_optim = build_optim_wrapper(
-            bf16_model, dict(copy.deepcopy(cfg.optim_wrapper),
-                             type=optim.BF16OptimWrapper))
-        variants.append((bf16_model, bf16_optim, False, True))
-    else:
-        print('stage t: no bfloat16 autocast row: this CPU has no native '
-              'bfloat16 (AVX512-BF16 or AMX)')
     rule = torchvision_ext.CL_FORWARD_MIN_ELEMENTS
 
     def variant(model, optim_wrapper, separable_everywhere=False,
@@ -156,11 +145,17 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
                 torchvision_ext.CL_FORWARD_MIN_ELEMENTS = rule
         return step
 
-    ours, separable, plain, *autocast = interleaved_medians(
-        [variant(nhwc, nhwc_optim),
-         variant(nhwc, nhwc_optim, True),
-         variant(nchw, nchw_optim)]
-        + [variant(*args) for args in variants], repeats)
+    steps = [variant(nhwc, nhwc_optim), variant(nhwc, nhwc_optim, True),
+             variant(nchw, nchw_optim)]
+    if optim.native_bf16('cpu'):
+        bf16 = copy.deepcopy(nhwc)
+        steps.append(variant(bf16, build_optim_wrapper(
+            bf16, dict(copy.deepcopy(cfg.optim_wrapper),
+                       type=optim.BF16OptimWrapper)), autocast=True))
+    else:
+        print('stage t: no bfloat16 autocast row: this CPU has no native '
+              'bfloat16 (AVX512-BF16 or AMX)')
+    ours, separable, plain, *autocast = interleaved_medians(steps, repeats)
     optimizer = type(nchw_optim.optimizer).__name__
     what = (f'training step ({optimizer}), {images}, '
             f'{weights_label() or "untrained"}, '
