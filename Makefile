@@ -9,7 +9,17 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 
-.PHONY: demo test install install-test env clean-demo gpu-check
+.PHONY: demo test install install-test env env-ready env-ready-test gpu-check
+
+# ENV_PYTHON=python3 (any interpreter): demo, test and gpu-check run in that
+# environment instead of .venv and install nothing: one that keeps its own
+# PyTorch, or a machine without internet (README "Install"). It must hold
+# requirements/stack.txt (+ tests.txt for test and gpu-check) and this
+# checkout (pip install --no-deps -e .); else one line says what is missing.
+ENV_PYTHON ?=
+RUN_PY := $(or $(ENV_PYTHON),$(PY))
+SETUP := $(if $(ENV_PYTHON),env-ready,install)
+SETUP_TEST := $(if $(ENV_PYTHON),env-ready-test,install-test)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +29,7 @@ $(PY):
 # a minute on 2 cores); compileall does it on every core, leaving out the
 # packages' own test suites, which nothing here imports. (It exits 1 where a
 # file is not Python 3, as a few in some packages are; pip skips those too.)
-$(VENV)/.runtime-installed: requirements/runtime.txt setup.cfg setup.py pyproject.toml _bdd100k_ins_seg_hook.py | $(PY)
+$(VENV)/.runtime-installed: requirements/runtime.txt requirements/stack.txt setup.cfg setup.py pyproject.toml _bdd100k_ins_seg_hook.py | $(PY)
 	$(PIP) install -q --no-compile -r requirements/runtime.txt $(QUIET)
 	site=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
 	$(PY) -m compileall -qq -j 0 -x "^$$site/(.*/)?tests/" "$$site" || true
@@ -37,21 +47,26 @@ install-test: $(VENV)/.test-installed
 env: install
 	$(PY) tools/collect_env.py
 
-demo: install
-	$(PY) tools/demo.py
+env-ready:
+	$(ENV_PYTHON) tools/collect_env.py --check requirements/stack.txt
+env-ready-test:
+	$(ENV_PYTHON) tools/collect_env.py --check requirements/stack.txt requirements/tests.txt
+
+demo: $(SETUP)
+	$(RUN_PY) tools/demo.py
 
 # The suite in TEST_PROCESSES pytest-xdist workers (auto: the cores, at most
 # 4, tests/conftest.py), a test file per worker at a time, so that a file's
 # shared fixtures are built once; TEST_PROCESSES=0 runs it in this process.
 TEST_PROCESSES ?= auto
-test: install-test
-	$(PY) -m pytest tests -n $(TEST_PROCESSES) --dist loadfile
+test: $(SETUP_TEST)
+	$(RUN_PY) -m pytest tests -n $(TEST_PROCESSES) --dist loadfile
 
 # On a CUDA machine (< 5 min): the CUDA-only tests (they fail, saying so,
 # without CUDA) and the benchmark on CUDA (R-50 Mask R-CNN, 1280x720).
 GPU_STAGES ?= a,b,c,d,e
-gpu-check: install-test
-	$(PY) -m pytest -m cuda tests -q
-	$(PY) tools/benchmark.py configs/ins_seg/mask_rcnn_r50_fpn_1x_ins_seg_bdd100k.py \
+gpu-check: $(SETUP_TEST)
+	$(RUN_PY) -m pytest -m cuda tests -q
+	$(RUN_PY) tools/benchmark.py configs/ins_seg/mask_rcnn_r50_fpn_1x_ins_seg_bdd100k.py \
 		--device cuda --repeats 10 --stages $(GPU_STAGES) \
 		--json work_dirs/benchmark/gpu_check.json
