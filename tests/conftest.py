@@ -16,6 +16,7 @@ Tests marked ``@pytest.mark.cuda`` need a CUDA device: they run with
 present; every other run deselects them and names them at its end.
 """
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -83,6 +84,9 @@ def pytest_testnodedown(node, error):
 
 def pytest_terminal_summary(terminalreporter):
     if CUDA_DESELECTED:
+        cases = Counter(nodeid.split('[')[0] for nodeid in CUDA_DESELECTED)
+        names = [name if n == 1 else f'{name} ({n} cases)'
+                 for name, n in sorted(cases.items())]
         terminalreporter.write_line(
             f'{len(CUDA_DESELECTED)} tests deselected, they need CUDA '
-            f'(make gpu-check runs them): {", ".join(sorted(CUDA_DESELECTED))}')
+            f'(make gpu-check runs them): {", ".join(names)}')

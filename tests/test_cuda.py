@@ -106,3 +106,20 @@ def test_bf16_optim_wrapper_trains_the_sample_model_on_cuda():
             assert wrapper.autocast_dtype == torch.bfloat16
     assert all(np.isfinite(losses[True])), losses
     assert abs(losses[True][0] - losses[False][0]) <= 0.1 * losses[False][0]
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_box_paste_on_cuda_identical_to_mmdet_paste_on_cuda(seed):
+    """test.py's GPU path: masks pasted inside their boxes on CUDA give
+    exactly the bitmask of mmdet's CUDA paste (whole images, in chunks)
+    then the writer; tests/test_paste.py's random cases (0, 1, 2 and 300
+    detections, borders, ties, probabilities exactly at the threshold)."""
+    from test_paste import check_random_case
+    check_random_case(seed, device='cuda')
+
+
+@pytest.mark.parametrize('family', ['Mask R-CNN', 'Cascade Mask R-CNN',
+                                    'HRNet'])
+def test_zoo_heads_on_cuda_give_identical_bitmasks(family):
+    from test_paste import check_zoo_head
+    check_zoo_head(family, device='cuda')

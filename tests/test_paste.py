@@ -46,34 +46,38 @@ def random_case(rng, n, height, width):
 
 
 def reference_and_ours(boxes, logits, scores, labels, height, width,
-                       scale=(1.0, 1.0), threshold=0.5):
+                       scale=(1.0, 1.0), threshold=0.5, device='cpu'):
+    """mmdet's full paste + the writer, and the box paste + the writer,
+    both on ``device`` (mmdet pastes in chunks of whole images on a GPU)."""
     head = FCNMaskHead(num_convs=0, in_channels=8, conv_out_channels=8,
-                       num_classes=8)
+                       num_classes=8).to(device)
     meta = dict(ori_shape=(height, width), scale_factor=scale)
     cfg = ConfigDict(mask_thr_binary=threshold)
-    labels_t = torch.from_numpy(labels)
-    preds = torch.from_numpy(logits)
-    ref_boxes = torch.from_numpy(boxes.copy())
+    labels_t = torch.from_numpy(labels).to(device)
+    preds = torch.from_numpy(logits).to(device)
+    ref_boxes = torch.from_numpy(boxes.copy()).to(device)
     if len(boxes):
         full = head._predict_by_feat_single(preds, ref_boxes, labels_t, meta,
                                             cfg, rescale=True)
     else:  # mmdet's predict_by_feat makes empty masks itself
         full = torch.zeros((0, height, width), dtype=torch.bool)
-    reference, ref_labels = encode_bitmask(full, labels + 1, scores,
-                                           ref_boxes.numpy())
+    reference, ref_labels = encode_bitmask(full.cpu(), labels + 1, scores,
+                                           ref_boxes.cpu().numpy())
     enable_box_masks(head)
     box_masks = head._predict_by_feat_single(
-        preds, torch.from_numpy(boxes.copy()), labels_t, meta, cfg,
+        preds, torch.from_numpy(boxes.copy()).to(device), labels_t, meta, cfg,
         rescale=True)
     assert isinstance(box_masks, BoxMasks)
+    assert box_masks.device.type == torch.device(device).type
     ours, our_labels = render(box_masks, labels + 1, scores,
                               image_size=(height, width))
     assert our_labels == ref_labels
     return reference, ours, full, box_masks
 
 
-@pytest.mark.parametrize('seed', range(40))
-def test_random_cases_identical_to_mmdet_paste_then_writer(seed):
+def check_random_case(seed, device='cpu'):
+    """Random case ``seed`` (0, 1, 2 and 300 detections for seeds 0-3)
+    gives the same bitmask both ways on ``device``."""
     rng = np.random.default_rng(seed)
     n = [0, 1, 2, 300][seed] if seed < 4 else int(rng.integers(1, 120))
     height, width = int(rng.integers(8, 90)), int(rng.integers(8, 130))
@@ -82,7 +86,7 @@ def test_random_cases_identical_to_mmdet_paste_then_writer(seed):
     # Boxes are in the network's input scale; mmdet divides them in place.
     boxes = case[0] * np.tile(np.asarray(scale, np.float32), 2)
     reference, ours, full, box_masks = reference_and_ours(
-        boxes, *case[1:], height, width, scale)
+        boxes, *case[1:], height, width, scale, device=device)
     assert ours.shape == reference.shape == (height, width, 4)
     assert ours.dtype == reference.dtype
     np.testing.assert_array_equal(ours, reference)
@@ -90,6 +94,11 @@ def test_random_cases_identical_to_mmdet_paste_then_writer(seed):
         # BoxMasks can also give mmdet's full masks (COCO AP, drawing).
         assert torch.equal(box_masks.full(), full)
         assert n < 10 or (reference[..., 3] > 0).any()
+
+
+@pytest.mark.parametrize('seed', range(40))
+def test_random_cases_identical_to_mmdet_paste_then_writer(seed):
+    check_random_case(seed)
 
 
 def test_a_paste_off_by_one_pixel_is_caught(monkeypatch):
@@ -154,9 +163,14 @@ FAMILIES = {
 
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_zoo_heads_give_identical_bitmasks(family):
-    """The family's real model (random weights, every detection kept, one
-    forward): for the mask head's actual inputs (Cascade: the average of
-    its stages), mmdet's full paste + the writer and the box paste agree."""
+    check_zoo_head(family)
+
+
+def check_zoo_head(family, device='cpu'):
+    """The family's real model on ``device`` (random weights, every
+    detection kept, one forward): for the mask head's actual inputs
+    (Cascade: the average of its stages), mmdet's full paste + the writer
+    and the box paste agree."""
     from mmdet.structures import DetDataSample
     cfg = Config.fromfile(str(CONFIG_DIR / f'{FAMILIES[family]}{SUFFIX}.py'))
     cfg.model.test_cfg.rcnn.score_thr = 0.0
@@ -165,6 +179,7 @@ def test_zoo_heads_give_identical_bitmasks(family):
     torch.manual_seed(0)
     model = build_model(cfg)
     model.init_weights()
+    model.to(device)
     generator = torch.Generator().manual_seed(0)
     height, width = 128, 192  # the network's input; the image is larger
     ori = (180, 270)
@@ -204,10 +219,11 @@ def test_zoo_heads_give_identical_bitmasks(family):
         [result] = model.test_step(dict(inputs=[image], data_samples=[sample]))
     pred = result.pred_instances
     assert len(calls) == 1 and isinstance(pred.masks, BoxMasks)
+    assert pred.masks.device.type == torch.device(device).type
     full, bboxes, boxed = calls[0]
     assert boxed is pred.masks and len(pred) > 20
-    reference, _ = encode_bitmask(full, pred.labels + 1, pred.scores,
-                                  pred.bboxes)
+    reference, _ = encode_bitmask(full.cpu(), pred.labels.cpu() + 1,
+                                  pred.scores.cpu(), pred.bboxes.cpu())
     ours, _ = render(pred.masks, pred.labels + 1, pred.scores,
                      image_size=ori)
     assert reference[..., 3].any()
