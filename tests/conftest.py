@@ -11,9 +11,10 @@ filters around collection and every test; this applies the same filter
 again at the start of each test, before its fixtures (module-scoped ones
 included) run, and nothing more.
 
-Tests marked ``@pytest.mark.cuda`` need a CUDA device: they run with
-``pytest -m cuda`` (``make gpu-check``), where each asserts that CUDA is
-present; every other run deselects them and names them at its end.
+Tests marked ``@pytest.mark.cuda`` (tests/test_cuda.py, and the CUDA case
+of tests/devices.py's ``CPU_AND_CUDA``) need a CUDA device: they run with
+``pytest -m cuda`` (``make gpu-check``), where each fails at its set-up if
+CUDA is absent; every other run deselects them and names them at its end.
 """
 import os
 from collections import Counter
@@ -51,6 +52,10 @@ def pytest_xdist_auto_num_workers(config):
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     quiet_known_warnings()
+    if item.get_closest_marker('cuda') and not torch.cuda.is_available():
+        pytest.fail('needs a CUDA device (torch.cuda.is_available() is '
+                    'False): run it on a CUDA machine, or without -m cuda',
+                    pytrace=False)
 
 
 def pytest_configure(config):

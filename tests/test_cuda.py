@@ -1,7 +1,9 @@
 """CUDA-only checks, run by ``make gpu-check`` (``pytest -m cuda``).
 
-Deselected without ``-m cuda`` (tests/conftest.py); selected on a machine
-without CUDA they fail, saying so.
+Deselected without ``-m cuda``; selected on a machine without CUDA they fail
+at their set-up, saying so (tests/conftest.py). The device-parametrized op
+tests' CUDA cases (tests/test_ops.py, tests/test_ops_mmcv_parity.py) run
+with them.
 """
 import json
 
@@ -14,13 +16,6 @@ from scripts import load_script
 
 pytestmark = pytest.mark.cuda
 SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
-
-
-@pytest.fixture(autouse=True)
-def need_cuda():
-    assert torch.cuda.is_available(), (
-        'these tests need a CUDA device (torch.cuda.is_available() is '
-        'False); run them on a CUDA machine or without -m cuda')
 
 
 def test_ops_on_cuda_equal_cpu():

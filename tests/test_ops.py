@@ -11,8 +11,7 @@ from mmcv.ops import (DeformConv2d, ModulatedDeformConv2d, batched_nms,
                       deform_conv2d, modulated_deform_conv2d, nms, roi_align)
 
 from bdd100k_ins_seg.ops.torchvision_ext import UnavailableOpError
-
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+from devices import CPU_AND_CUDA
 
 
 def test_backend_is_reported():
@@ -86,15 +85,18 @@ def _random_rois(n, batch, height, width, scale, gen):
     return torch.cat([idx, xy, xy + wh], dim=1).double()
 
 
+@pytest.mark.parametrize('device', CPU_AND_CUDA)
 @pytest.mark.parametrize('aligned', [True, False])
 @pytest.mark.parametrize('sampling_ratio', [0, 2])
-def test_roi_align_matches_reference(aligned, sampling_ratio):
+def test_roi_align_matches_reference(aligned, sampling_ratio, device):
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64)
     scale = 0.5
     rois = _random_rois(12, 2, 9, 11, scale, gen)
-    out = roi_align(feats, rois, (3, 4), scale, sampling_ratio, 'avg',
-                    aligned)
+    out = roi_align(feats.to(device), rois.to(device), (3, 4), scale,
+                    sampling_ratio, 'avg', aligned)
+    assert out.device.type == device
+    out = out.cpu()
     ref = roi_align_reference(feats, rois, (3, 4), scale, sampling_ratio,
                               aligned)
     assert out.shape == (12, 3, 3, 4)
@@ -103,7 +105,7 @@ def test_roi_align_matches_reference(aligned, sampling_ratio):
     assert (rois[:, 1:3] < 0).any()
 
 
-@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('device', CPU_AND_CUDA)
 @pytest.mark.parametrize('aligned', [True, False])
 def test_roi_align_gradcheck(device, aligned):
     gen = torch.Generator().manual_seed(1)
@@ -266,15 +268,19 @@ def nms_reference(boxes, scores, iou_thr, offset=0):
     return keep
 
 
+@pytest.mark.parametrize('device', CPU_AND_CUDA)
 @pytest.mark.parametrize('offset', [0, 1])
 @pytest.mark.parametrize('iou_thr', [0.3, 0.7])
-def test_nms_matches_reference(offset, iou_thr):
+def test_nms_matches_reference(offset, iou_thr, device):
     gen = torch.Generator().manual_seed(2)
     xy = torch.rand(60, 2, generator=gen) * 50
     boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=gen) * 20],
                       1)
     scores = torch.rand(60, generator=gen)
-    dets, inds = nms(boxes, scores, iou_thr, offset=offset)
+    dets, inds = nms(boxes.to(device), scores.to(device), iou_thr,
+                     offset=offset)
+    assert inds.device.type == device
+    dets, inds = dets.cpu(), inds.cpu()
     assert inds.tolist() == nms_reference(boxes, scores, iou_thr, offset)
     torch.testing.assert_close(dets[:, 4], scores[inds])
     assert 0 < len(inds) < 60
@@ -342,7 +348,7 @@ def test_deform_conv_integer_offset_equals_shifted_conv():
     assert not torch.allclose(out, F.conv2d(x, weight, padding=1))
 
 
-@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('device', CPU_AND_CUDA)
 def test_deform_conv_gradcheck(device):
     gen = torch.Generator().manual_seed(5)
     x, weight, offset = _dcn_inputs(gen, c=2, h=4, w=5)
@@ -366,7 +372,7 @@ def test_modulated_deform_conv_mask_one_equals_deform_conv():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('device', CPU_AND_CUDA)
 def test_modulated_deform_conv_gradcheck(device):
     gen = torch.Generator().manual_seed(7)
     x, weight, offset = _dcn_inputs(gen, c=2, h=4, w=5)

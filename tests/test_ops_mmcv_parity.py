@@ -18,8 +18,7 @@ from mmcv.ops import (batched_nms, deform_conv2d, modulated_deform_conv2d,
                       soft_nms)
 
 from bdd100k_ins_seg.ops import torchvision_ext
-
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+from devices import CPU_AND_CUDA
 
 
 # ------------------------------------------------ deformable convolution
@@ -215,7 +214,7 @@ def _run_reference(t, conv, grad_out):
     return out.detach(), grads
 
 
-@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('device', CPU_AND_CUDA)
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('modulated', [False, True], ids=['DCN', 'DCNv2'])
 @pytest.mark.parametrize('offsets', ['zero', 'random'])
