@@ -14,7 +14,8 @@ machine shared with other jobs). The thread count changes the last digits
 of the results (summation order): same threads, same numbers.
 """
 import os
-from typing import Optional
+import time
+from typing import Optional, Sequence
 
 #: Overrides the thread count, as it does for OpenMP itself.
 ENV = 'OMP_NUM_THREADS'
@@ -26,6 +27,50 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def _cpu_times(stat: str = '/proc/stat') -> Optional[Sequence[int]]:
+    """The machine's (busy, total) CPU time in ticks, from ``/proc/stat``'s
+    ``cpu`` line, or None where it cannot be read (not Linux).
+
+    Idle and iowait are not busy; time stolen by the hypervisor is (the
+    cores were not there for this machine's threads).
+    """
+    try:
+        with open(stat) as f:
+            for line in f:
+                if line.startswith('cpu '):
+                    ticks = [int(v) for v in line.split()[1:]]
+                    break
+            else:
+                return None
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal guest guest_nice;
+    # guest time is counted in user/nice already.
+    total = sum(ticks[:8])
+    idle = sum(ticks[3:5])
+    return total - idle, total
+
+
+def busy_cores(window: float = 1.0,
+               stat: str = '/proc/stat') -> Optional[float]:
+    """Cores' worth of CPU time the machine's processes use now: the busy
+    share of all the machine's CPU time over the next ``window`` seconds,
+    times its cores. None where ``/proc/stat`` cannot be read.
+
+    Unlike the load average (a decaying mean over a minute), it does not
+    count work that has just ended, such as a setup step of this job.
+    """
+    first = _cpu_times(stat)
+    if first is None:
+        return None
+    time.sleep(window)
+    second = _cpu_times(stat)
+    if second is None or second[1] <= first[1]:
+        return None
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return share * (os.cpu_count() or 1)
 
 
 def local_processes() -> int:

@@ -30,6 +30,40 @@ def test_two_processes_on_a_multicore_cpu(capsys):
     assert train_env['OMP_NUM_THREADS'] == '1'
 
 
+def test_one_thread_per_process_on_a_busy_machine(monkeypatch, capsys):
+    import os
+
+    from bdd100k_ins_seg import threads
+    demo = _demo()
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(threads, 'available_cores', lambda: 2)
+    monkeypatch.setattr(os, 'getloadavg', lambda: (1.9, 1.9, 1.9))
+    # What is in use now decides, not the load average (which still counts
+    # the demo's own setup for a minute after it ended).
+    monkeypatch.setattr(threads, 'busy_cores', lambda: 0.2)
+    assert 'OMP_NUM_THREADS' not in demo._thread_env()
+    assert 'threads: 2 (the cores; 0.2 of 2 cores in use' in \
+        capsys.readouterr().out
+    monkeypatch.setattr(threads, 'busy_cores', lambda: 1.2)
+    assert demo._thread_env()['OMP_NUM_THREADS'] == '1'
+    assert 'the machine is busy (1.2 of 2 cores in use): 1 thread' in \
+        capsys.readouterr().out
+    # Without /proc/stat, the load average.
+    monkeypatch.setattr(threads, 'busy_cores', lambda: None)
+    assert demo._thread_env()['OMP_NUM_THREADS'] == '1'
+    assert 'busy (load average 1.9 on 2 cores)' in capsys.readouterr().out
+    monkeypatch.setattr(os, 'getloadavg', lambda: (0.4, 0.4, 0.4))
+    assert 'OMP_NUM_THREADS' not in demo._thread_env()
+    # One core: nothing to share. The user's choice wins.
+    monkeypatch.setattr(threads, 'available_cores', lambda: 1)
+    monkeypatch.setattr(threads, 'busy_cores', lambda: 1.0)
+    assert 'OMP_NUM_THREADS' not in demo._thread_env()
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    assert demo._thread_env()['OMP_NUM_THREADS'] == '3'
+    assert 'OMP_NUM_THREADS=3 (from the environment)' in \
+        capsys.readouterr().out
+
+
 def test_one_process_on_a_gpu_one_core_or_an_odd_batch():
     demo = _demo()
     for batch, cores, cuda in [(4, 2, True), (4, 1, False), (3, 2, False)]:

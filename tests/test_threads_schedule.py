@@ -11,6 +11,7 @@ from mmengine.optim.scheduler import LinearLR, MultiStepLR
 import bdd100k_ins_seg  # noqa: F401
 from bdd100k_ins_seg.config_lookup import install_base_config_lookup
 from bdd100k_ins_seg.schedule import ScaleScheduleHook, nominal_iters_of
+from bdd100k_ins_seg import threads
 from bdd100k_ins_seg.threads import configure_threads, plan_threads
 
 SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
@@ -34,6 +35,45 @@ def test_processes_times_threads_fit_the_cores():
         plan_threads(env='two')
     with pytest.raises(ValueError, match='at least 1'):
         plan_threads(env='0')
+
+
+def test_cpu_times_read_proc_stat(tmp_path):
+    stat = tmp_path / 'stat'
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text('cpu  100 5 20 800 30 1 2 4 50 0\n'
+                    'cpu0 50 2 10 400 15 0 1 2 25 0\nintr 1 2 3\n')
+    # Idle and iowait are not busy, steal is; guest is inside user.
+    assert threads._cpu_times(str(stat)) == (132, 962)
+    stat.write_text('intr 1 2 3\n')
+    assert threads._cpu_times(str(stat)) is None
+    stat.write_text('cpu  1 2 x\n')
+    assert threads._cpu_times(str(stat)) is None
+    assert threads._cpu_times(str(tmp_path / 'missing')) is None
+
+
+def test_busy_cores_is_the_busy_share_of_a_window(monkeypatch):
+    import os
+    readings = iter([(100, 1000), (250, 1200)])
+    monkeypatch.setattr(threads, '_cpu_times', lambda stat: next(readings))
+    busy = threads.busy_cores(window=0)
+    assert busy == pytest.approx(0.75 * os.cpu_count())
+    # Unreadable, or a clock that did not move: no reading.
+    for pair in ([None], [(1, 10), None], [(1, 10), (1, 10)]):
+        readings = iter(pair)
+        assert threads.busy_cores(window=0) is None
+
+
+def test_busy_cores_sees_a_busy_process():
+    import subprocess
+    import sys
+    spin = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        busy = threads.busy_cores(window=0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    # One process spinning on one core: at least half a core in use.
+    assert busy is not None and busy >= 0.5
 
 
 def test_configure_threads_reads_the_workers(monkeypatch):

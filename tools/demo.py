@@ -218,27 +218,34 @@ def _thread_env():
     They size their threads to the cores (bdd100k_ins_seg.threads); on a
     machine already busy with other work, threads that wait for each other
     lose much more than they gain (a training step of 5-14 s instead of
-    ~1.5 s), so there they get one thread. OMP_NUM_THREADS, if set, wins.
+    ~1.5 s), so there they get one thread. Busy is what the machine's
+    processes use over one second now (the load average, where that cannot
+    be read, also counts the demo's own setup that has just ended).
+    OMP_NUM_THREADS, if set, wins.
     """
-    from bdd100k_ins_seg.threads import available_cores
+    from bdd100k_ins_seg.threads import available_cores, busy_cores
     env = dict(os.environ)
     cores = available_cores()
     if 'OMP_NUM_THREADS' in env:
         print(f'threads: OMP_NUM_THREADS={env["OMP_NUM_THREADS"]} (from '
               'the environment)')
         return env
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    if cores > 1 and load >= cores / 2:
-        env['OMP_NUM_THREADS'] = '1'
-        print(f'threads: the machine is busy (load {load:.1f} on {cores} '
-              'cores): 1 thread per process (set OMP_NUM_THREADS to '
-              'choose)')
+    busy = busy_cores()
+    if busy is not None:
+        seen = f'{busy:.1f} of {cores} cores in use'
     else:
-        print(f'threads: {cores} (the cores; set OMP_NUM_THREADS to '
-              'choose)')
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
+        seen = f'load average {busy:.1f} on {cores} cores'
+    if cores > 1 and busy >= cores / 2:
+        env['OMP_NUM_THREADS'] = '1'
+        print(f'threads: the machine is busy ({seen}): 1 thread per '
+              'process (set OMP_NUM_THREADS to choose)')
+    else:
+        print(f'threads: {cores} (the cores; {seen}; set OMP_NUM_THREADS '
+              'to choose)')
     return env
 
 
