@@ -177,6 +177,7 @@ def _run(args, cfg):
 
     from bdd100k_ins_seg import training
     from bdd100k_ins_seg.cli import fail, reason
+    from bdd100k_ins_seg.datasets import ImageFileError
     from bdd100k_ins_seg.launch import init_cpu_distributed
     from bdd100k_ins_seg.runners import TrainRunner
     from bdd100k_ins_seg.threads import configure_threads
@@ -205,6 +206,9 @@ def _run(args, cfg):
     except training.CheckpointWriteError as e:
         fail(e.filename, f'cannot write it: {e.strerror}; the previous '
              'checkpoint is intact (--resume continues from it)')
+    except ImageFileError as e:  # found when the datasets are built
+        fail(f'image {e.path}', f'{e.why} (checked before the first '
+             'iteration; fix or remove the file)')
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.
         fail('cannot train', e)

@@ -1,7 +1,9 @@
-"""BDD100K instance segmentation datasets."""
+"""BDD100K instance segmentation datasets, and the image file check they
+run before any training or inference starts."""
 import os
 import os.path as osp
-from typing import List
+import time
+from typing import List, Sequence, Tuple
 
 from mmdet.datasets import BaseDetDataset, CocoDataset
 from mmdet.registry import DATASETS
@@ -16,14 +18,110 @@ BDD100K_INS_SEG_PALETTE = [(220, 20, 60), (255, 0, 0), (0, 0, 142),
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
+#: Bytes read from a file's end to find its format's end marker.
+_TAIL = 4096
+#: The marker a complete file of the format ends with.
+_END_MARKERS = {'JPEG': (b'\xff\xd9', 'JPEG end-of-image marker'),
+                'PNG': (b'IEND', 'PNG IEND chunk')}
+
+
+class ImageFileError(ValueError):
+    """An image file that training or inference cannot use: ``path`` and
+    what is wrong with it (``why``)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f'image {path}: {why}')
+        self.path, self.why = path, why
+
+
+def check_image_file(path: str) -> Tuple[int, int]:
+    """The (width, height) of a complete image file, or
+    :class:`ImageFileError` (:class:`FileNotFoundError` where it is absent).
+
+    Reads the header (the format and size) and the last 4 KiB: a JPEG or
+    PNG must end with its end marker. A file cut short (an interrupted copy
+    or download) has none; OpenCV would fill its missing rows with grey
+    and go on, or fail hours into a run. Where the marker is not in the
+    tail (data appended after it, as some cameras do) the pixels are
+    decoded to decide.
+    """
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            size, fmt = image.size, image.format
+            marker = _END_MARKERS.get(fmt)
+            if marker is None:
+                return size
+            fp = image.fp
+            fp.seek(0, os.SEEK_END)
+            fp.seek(max(0, fp.tell() - _TAIL))
+            if marker[0] in fp.read(_TAIL):
+                return size
+            fp.seek(0)
+            try:
+                image.load()
+            except (OSError, SyntaxError, ValueError) as e:
+                raise ImageFileError(
+                    path, f'cut short: no {marker[1]} ({e})') from None
+            return size
+    except FileNotFoundError:
+        raise FileNotFoundError(f'image {path}: not found') from None
+    except UnidentifiedImageError:
+        raise ImageFileError(path, 'not an image file') from None
+    except ImageFileError:
+        raise
+    except (OSError, SyntaxError) as e:
+        raise ImageFileError(
+            path, f'cannot be read: {e or type(e).__name__}') from None
+
+
+def check_image_files(paths: Sequence[str], what: str = 'images') -> float:
+    """:func:`check_image_file` for every path, in order (the first bad file
+    raises). Returns the seconds it took (~0.08 ms a BDD100K image from the
+    page cache); a progress bar appears if it takes more than 2 s (a cold
+    network file system)."""
+    from tqdm import tqdm
+    start = time.perf_counter()
+    paths = tqdm(paths, desc=f'checking {what}', unit='img', delay=2,
+                 mininterval=1.0, leave=False)
+    for path in paths:
+        check_image_file(path)
+    return time.perf_counter() - start
+
 
 @DATASETS.register_module()
 class BDD100KInsSegDataset(CocoDataset):
     """COCO-format json made by ``bdd100k.label.to_coco`` (category ids 1..8,
-    RLE masks, ``iscrowd`` from the crowd bit)."""
+    RLE masks, ``iscrowd`` from the crowd bit).
+
+    When the dataset is built (at the start of training or testing, before
+    the first iteration), every image it will serve is checked with
+    :func:`check_image_file`: a missing, unreadable or cut-short file is
+    named then, not when the data loader reaches it. ``check_images=False``
+    skips that; so does a storage backend (``backend_args``), whose files
+    are not local paths.
+    """
 
     METAINFO = dict(
         classes=BDD100K_INS_SEG_CLASSES, palette=BDD100K_INS_SEG_PALETTE)
+
+    def __init__(self, *args, check_images: bool = True, **kwargs):
+        self.check_images = check_images
+        super().__init__(*args, **kwargs)
+
+    def full_init(self) -> None:
+        if self._fully_initialized:
+            return
+        super().full_init()
+        if not self.check_images or self.backend_args:
+            return
+        paths = [self.get_data_info(i)['img_path']
+                 for i in range(len(self))]
+        seconds = check_image_files(paths)
+        if len(paths) > 1000:
+            from mmengine.logging import print_log
+            print_log(f'{type(self).__name__}: {len(paths)} images checked '
+                      f'in {seconds:.1f} s', logger='current')
 
 
 @DATASETS.register_module()

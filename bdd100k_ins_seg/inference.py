@@ -3,10 +3,12 @@
 Before any image is inferred (every rank runs the same checks on the same
 files, so all ranks stop within seconds of each other):
 
-- every image of the run exists, is readable and starts like an image file
-  (its header names a known format: PIL reads the first bytes only). Pixel
-  data are decoded only when the data loader reads the image; a file that
-  fails to decode then stops the run with a one-line error naming it;
+- every image of the run exists, is readable, starts like an image file
+  (its header names a known format) and, for a JPEG or PNG, ends with its
+  end marker (a file cut short has none); PIL reads the first bytes and the
+  last 4 KiB only. Other damage to the pixel data is found when the data
+  loader decodes the image: the run then stops with a one-line error naming
+  it;
 - with ``--eval``, the GT folder holds ``<stem>.png`` for every image;
 - the output folder exists or can be created, and a file can be written in
   it (a probe file, removed at once);
@@ -78,19 +80,16 @@ def dataset_image_paths(dataset_cfg) -> List[str]:
 
 
 def check_images(paths: Sequence[str]) -> None:
-    """Each file exists, can be read and has a known image header."""
-    from PIL import Image, UnidentifiedImageError
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.size  # noqa: B018  (the header is parsed)
-        except FileNotFoundError:
-            raise PreflightError(f'image {path}', 'not found') from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            why = ('not an image file' if isinstance(
-                e, UnidentifiedImageError) else str(e) or type(e).__name__)
-            raise PreflightError(f'image {path}',
-                                 f'cannot be read: {why}') from None
+    """Each file exists, has a known image header and, for a JPEG or PNG,
+    its end marker (:func:`bdd100k_ins_seg.datasets.check_image_file`)."""
+    from .datasets import ImageFileError, check_image_files
+    try:
+        check_image_files(paths, 'test images')
+    except FileNotFoundError as e:
+        raise PreflightError(str(e).rsplit(': ', 1)[0], 'not found') \
+            from None
+    except ImageFileError as e:
+        raise PreflightError(f'image {e.path}', e.why) from None
 
 
 def check_gt(gt_dir: str, paths: Sequence[str]) -> None:

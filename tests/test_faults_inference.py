@@ -272,19 +272,29 @@ def test_checks_before_inference(setup, tmp_path):
 
 
 def test_image_that_fails_to_decode_is_named(setup, tmp_path):
-    """A PNG whose header is fine but whose pixel data are cut: found when
+    """A PNG cut short is named before inference, nothing written; one whose
+    header and end are fine but whose pixel data are damaged is found when
     the data loader decodes it, named in one line."""
     root, data, config, checkpoint = setup
     images = tmp_path / 'images'
     images.mkdir()
-    Image.fromarray(np.zeros((64, 96, 3), np.uint8) + 90).save(
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 96, 3), np.uint8)).save(
         images / 'a.png')
     whole = (images / 'a.png').read_bytes()
-    (images / 'cut.png').write_bytes(whole[:60])
-    proc = run([config, checkpoint, '--img-dir', str(images), '--format-dir',
-                str(tmp_path / 'out'), '--work-dir', str(tmp_path / 'wd')],
-               cwd=tmp_path)
-    one_line_error(proc, str(images / 'cut.png'))
+    (images / 'cut.png').write_bytes(whole[:len(whole) // 2])
+    args = [config, checkpoint, '--img-dir', str(images), '--format-dir',
+            str(tmp_path / 'out'), '--work-dir', str(tmp_path / 'wd')]
+    proc = run(args, cwd=tmp_path)
+    one_line_error(proc, f'image {images / "cut.png"}: cut short: no PNG '
+                   'IEND chunk')
+    assert not (tmp_path / 'out').exists()
+    damaged = bytearray(whole)
+    middle = len(whole) // 3
+    damaged[middle:middle + 200] = bytes(b ^ 0x5a for b in
+                                         damaged[middle:middle + 200])
+    (images / 'cut.png').write_bytes(bytes(damaged))
+    one_line_error(run(args, cwd=tmp_path), str(images / 'cut.png'))
     assert not (tmp_path / 'out' / 'score.json').exists()
 
 
