@@ -25,13 +25,21 @@ _END_MARKERS = {'JPEG': (b'\xff\xd9', 'JPEG end-of-image marker'),
                 'PNG': (b'IEND', 'PNG IEND chunk')}
 
 
-class ImageFileError(ValueError):
-    """An image file that training or inference cannot use: ``path`` and
-    what is wrong with it (``why``)."""
+class DataFileError(ValueError):
+    """A data file that training or inference cannot use: ``path``, what it
+    is called in the message (``what``) and what is wrong (``why``)."""
+
+    def __init__(self, path: str, why: str, what: str = '') -> None:
+        self.path, self.why = path, why
+        self.what = what or path
+        super().__init__(f'{self.what}: {why}')
+
+
+class ImageFileError(DataFileError):
+    """An image file that cannot be used (see :func:`check_image_file`)."""
 
     def __init__(self, path: str, why: str) -> None:
-        super().__init__(f'image {path}: {why}')
-        self.path, self.why = path, why
+        super().__init__(path, why, f'image {path}')
 
 
 def check_image_file(path: str) -> Tuple[int, int]:
@@ -108,6 +116,36 @@ class BDD100KInsSegDataset(CocoDataset):
     def __init__(self, *args, check_images: bool = True, **kwargs):
         self.check_images = check_images
         super().__init__(*args, **kwargs)
+
+    def load_data_list(self) -> List[dict]:
+        """mmdet's, refusing a json of other classes: mmdet would drop the
+        annotations of a category that is not one of the 8 (a BDD100K
+        detection json's traffic lights and signs, say) without a word."""
+        self._unknown = {}
+        data_list = super().load_data_list()
+        classes = self.metainfo['classes']
+        if len(self.cat_ids) != len(classes):
+            raise DataFileError(
+                self.ann_file, f'its categories name '
+                f'{len(self.cat_ids)} of the {len(classes)} BDD100K '
+                f'instance segmentation classes ({", ".join(classes)})')
+        if self._unknown:
+            ids = ', '.join(
+                f'{k} ({n} annotation{"s" * (n != 1)})' for k, n in
+                sorted(self._unknown.items(), key=lambda kv: str(kv[0])))
+            raise DataFileError(
+                self.ann_file, 'annotations of a category that is not one '
+                f'of the {len(classes)} classes, by id: {ids} (a json of '
+                'another task? tools/to_coco.py makes this one)')
+        return data_list
+
+    def parse_data_info(self, raw_data_info: dict):
+        known = self.cat2label
+        for ann in raw_data_info['raw_ann_info']:
+            if ann.get('category_id') not in known:
+                key = ann.get('category_id')
+                self._unknown[key] = self._unknown.get(key, 0) + 1
+        return super().parse_data_info(raw_data_info)
 
     def full_init(self) -> None:
         if self._fully_initialized:

@@ -415,6 +415,29 @@ def _checkpoint_hook(runner):
     return None
 
 
+def check_validation_gt(runner) -> None:
+    """Before the first iteration: every validation image has its GT
+    bitmask in the folder of each scoring ``BDD100KInsSegMetric``, which
+    would otherwise fail at the first validation, hours in.
+    :class:`bdd100k_ins_seg.inference.PreflightError` names the folder."""
+    from mmengine.runner import BaseLoop
+
+    from .evaluation import BDD100KInsSegMetric
+    from .inference import check_gt
+    loop = getattr(runner, '_val_loop', None)
+    if not isinstance(loop, BaseLoop):
+        return
+    metrics = [m for m in getattr(loop.evaluator, 'metrics', [])
+               if isinstance(m, BDD100KInsSegMetric) and not m.format_only]
+    if not metrics:
+        return
+    dataset = loop.dataloader.dataset
+    paths = [dataset.get_data_info(i)['img_path']
+             for i in range(len(dataset))]
+    for metric in metrics:
+        check_gt(metric.gt_dir, paths)
+
+
 @HOOKS.register_module()
 class FaultTolerantTrainHook(Hook):
     """Stops training cleanly on a signal or a non-finite loss.
@@ -441,6 +464,7 @@ class FaultTolerantTrainHook(Hook):
             signum = max(all_gather_object(int(signum or 0))) or None
         if signum:
             raise TrainingStopped(signum, runner.iter, None)
+        check_validation_gt(runner)
 
     def after_load_checkpoint(self, runner, checkpoint):
         loop = runner._train_loop

@@ -1,8 +1,10 @@
-"""The image file check that runs when a BDD100K dataset is built (the start
-of training or testing) and in test.py's pre-flight: missing, foreign and
-cut-short files are named before the first iteration."""
+"""The data checks that run before the first iteration: the image files
+(when a BDD100K dataset is built, and in test.py's pre-flight: missing,
+foreign and cut-short files), the annotation json's classes, and the
+validation's GT bitmasks."""
 import io
 import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -11,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bdd100k_ins_seg.datasets import (BDD100KInsSegDataset, ImageFileError,
-                                      check_image_file, check_image_files)
+from bdd100k_ins_seg.datasets import (BDD100KInsSegDataset, DataFileError,
+                                      ImageFileError, check_image_file,
+                                      check_image_files)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -81,19 +84,21 @@ def test_missing_foreign_and_other_formats(tmp_path):
         check_image_files([str(good), str(text), str(tmp_path / 'x.jpg')])
 
 
-def _coco_dataset(tmp_path, names):
-    """A COCO json listing ``names`` (one box each) in tmp_path/images."""
+def _coco_dataset(tmp_path, names, category_ids=None, classes=None):
+    """A COCO json listing ``names`` (one box each, of ``category_ids``) in
+    tmp_path/images."""
     (tmp_path / 'images').mkdir(exist_ok=True)
     images, annotations = [], []
-    for i, name in enumerate(names, 1):
+    category_ids = category_ids or [3] * len(names)
+    for i, (name, cat) in enumerate(zip(names, category_ids), 1):
         images.append(dict(id=i, file_name=name, width=96, height=64))
         annotations.append(dict(
-            id=i, image_id=i, category_id=3, bbox=[10, 10, 40, 30],
+            id=i, image_id=i, category_id=cat, bbox=[10, 10, 40, 30],
             area=1200, iscrowd=0,
             segmentation=[[10, 10, 50, 10, 50, 40, 10, 40]]))
     coco = dict(images=images, annotations=annotations,
                 categories=[dict(id=k, name=n) for k, n in enumerate(
-                    BDD100KInsSegDataset.METAINFO['classes'], 1)])
+                    classes or BDD100KInsSegDataset.METAINFO['classes'], 1)])
     ann = tmp_path / 'coco.json'
     ann.write_text(json.dumps(coco))
     return dict(ann_file=str(ann),
@@ -127,22 +132,31 @@ def test_the_dataset_checks_its_images_when_built(tmp_path):
         backend_args=dict(backend='local'), **kwargs)) == 3
 
 
-def test_train_names_a_cut_training_image_before_the_first_iteration(
-        tmp_path):
-    """train.py on the sample config, one training image cut short: one
-    line naming it, exit 1, no checkpoint, no iteration."""
-    from bdd100k_ins_seg.sample_data import generate_sample_dataset
-    data_root = str(tmp_path / 'sample') + '/'
-    generate_sample_dataset(data_root, seed=3, counts=dict(train=3, val=1),
-                            size=(160, 96), nproc=1, progress=False)
-    train_dir = osp.join(data_root, 'images', '10k', 'train')
-    with open(osp.join(data_root, 'jsons',
-                       'ins_seg_train_cocofmt.json')) as f:
-        name = json.load(f)['images'][1]['file_name']
-    victim = osp.join(train_dir, name)
-    whole = open(victim, 'rb').read()
-    with open(victim, 'wb') as f:
-        f.write(whole[:len(whole) * 2 // 3])
+def test_a_json_of_other_classes_is_refused(tmp_path):
+    """mmdet would drop the annotations of an unknown category silently (a
+    BDD100K detection json's traffic lights and signs, say)."""
+    whole = _image_bytes('JPEG')
+    names = ['a.jpg', 'b.jpg', 'c.jpg']
+    kwargs = _coco_dataset(tmp_path, names, [3, 9, 9])
+    for name in names:
+        (tmp_path / 'images' / name).write_bytes(whole)
+    with pytest.raises(DataFileError) as info:
+        BDD100KInsSegDataset(**kwargs)
+    assert info.value.path == kwargs['ann_file']
+    assert 'not one of the 8 classes, by id: 9 (2 annotations)' in \
+        str(info.value)
+    assert len(BDD100KInsSegDataset(**_coco_dataset(
+        tmp_path, names, [1, 8, 3]))) == 3
+    # Categories named otherwise: none of the annotations would be read.
+    classes = ['person'] + list(BDD100KInsSegDataset.METAINFO['classes'][1:])
+    with pytest.raises(DataFileError,
+                       match='its categories name 7 of the 8 BDD100K'):
+        BDD100KInsSegDataset(**_coco_dataset(tmp_path, names, [1, 2, 3],
+                                             classes))
+
+
+def _train_cli(tmp_path, data_root):
+    """train.py on the sample config and the data in data_root (2 iters)."""
     work_dir = tmp_path / 'wd'
     proc = subprocess.run(
         [sys.executable, osp.join(ROOT, 'train.py'),
@@ -155,13 +169,54 @@ def test_train_names_a_cut_training_image_before_the_first_iteration(
          f'val_evaluator.gt_dir={data_root}labels/ins_seg/bitmasks/val',
          f'test_evaluator.gt_dir={data_root}labels/ins_seg/bitmasks/val',
          'train_dataloader.num_workers=0',
-         'train_dataloader.persistent_workers=False'],
+         'train_dataloader.persistent_workers=False',
+         'train_cfg.max_iters=2', 'train_cfg.val_interval=2'],
         cwd=ROOT, capture_output=True, text=True,
-        env=dict(__import__('os').environ, OMP_NUM_THREADS='1'))
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    return proc, work_dir
+
+
+def _one_line_before_training(proc, work_dir, text):
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f'train.py: error: image {victim}: cut short: '
-                           'no JPEG end-of-image marker'), last
-    assert 'Traceback' not in proc.stderr
+    assert last.startswith(f'train.py: error: {text}') and last.endswith(
+        '(checked before the first iteration)'), last
     assert 'Iter(train)' not in proc.stdout + proc.stderr
-    assert not [p for p in work_dir.rglob('*.pth')]
+    assert not list(work_dir.rglob('*.pth'))
+
+
+def test_train_checks_its_data_before_the_first_iteration(tmp_path):
+    """train.py on the sample config: a training image cut short, then a
+    validation image without its GT bitmask (which would fail at the first
+    validation, hours in): one line naming it, exit 1, no iteration, no
+    checkpoint. With both fixed it trains and validates."""
+    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    data_root = str(tmp_path / 'sample') + '/'
+    generate_sample_dataset(data_root, seed=3, counts=dict(train=3, val=2),
+                            size=(160, 96), nproc=1, progress=False)
+    train_dir = osp.join(data_root, 'images', '10k', 'train')
+    with open(osp.join(data_root, 'jsons',
+                       'ins_seg_train_cocofmt.json')) as f:
+        name = json.load(f)['images'][1]['file_name']
+    victim = osp.join(train_dir, name)
+    whole = open(victim, 'rb').read()
+    with open(victim, 'wb') as f:
+        f.write(whole[:len(whole) * 2 // 3])
+    proc, work_dir = _train_cli(tmp_path, data_root)
+    _one_line_before_training(
+        proc, work_dir,
+        f'image {victim}: cut short: no JPEG end-of-image marker')
+    with open(victim, 'wb') as f:
+        f.write(whole)
+    gt_dir = osp.join(data_root, 'labels', 'ins_seg', 'bitmasks', 'val')
+    gt = sorted(os.listdir(gt_dir))[0]
+    os.rename(osp.join(gt_dir, gt), tmp_path / gt)
+    proc, work_dir = _train_cli(tmp_path, data_root)
+    _one_line_before_training(
+        proc, work_dir, f'GT bitmask folder {gt_dir}: no bitmask for 1 of '
+        f'the 2 images, e.g. {gt}')
+    os.rename(tmp_path / gt, osp.join(gt_dir, gt))
+    proc, work_dir = _train_cli(tmp_path, data_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work_dir / 'iter_2.pth').is_file()
