@@ -79,7 +79,7 @@ def test_missing_foreign_and_other_formats(tmp_path):
     # Many files: in order, the first bad one raises.
     good = tmp_path / 'good.png'
     good.write_bytes(_image_bytes('PNG'))
-    assert check_image_files([str(good), str(bmp)]) >= 0
+    assert check_image_files([str(good), str(bmp)]) == [(96, 64)] * 2
     with pytest.raises(ImageFileError, match='notes.jpg'):
         check_image_files([str(good), str(text), str(tmp_path / 'x.jpg')])
 
@@ -130,6 +130,15 @@ def test_the_dataset_checks_its_images_when_built(tmp_path):
         BDD100KInsSegDataset(indices=[0, 2], **kwargs)
     assert len(BDD100KInsSegDataset(
         backend_args=dict(backend='local'), **kwargs)) == 3
+    # An image of another size than the json lists (labels of another
+    # image, a bitmask of the wrong size made into the json).
+    (images / 'c.jpg').write_bytes(_image_bytes('JPEG', size=(100, 64)))
+    with pytest.raises(DataFileError) as info:
+        BDD100KInsSegDataset(indices=[0, 2], **kwargs)
+    assert str(info.value) == (
+        f'{kwargs["ann_file"]}: lists {images / "c.jpg"} at 96x64, but the '
+        'image is 100x64 (labels of another image, or a bitmask of the '
+        'wrong size?)')
 
 
 def test_a_json_of_other_classes_is_refused(tmp_path):
