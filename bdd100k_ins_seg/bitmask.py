@@ -292,18 +292,45 @@ def read_bitmask(path: str) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def load_score_file(path: str) -> Dict[str, Dict[int, Dict]]:
-    """Read ``score.json`` into ``{bitmask file name: {index: label}}``."""
+    """Read ``score.json`` into ``{bitmask file name: {index: label}}``.
+
+    Every frame must have a ``name`` and every label a whole-number
+    ``index`` and a finite ``score`` (what the evaluator reads); anything
+    else is a ``ValueError`` naming the frame and the label, without the
+    path (the caller names the file).
+    """
+    import math
     with open(path, encoding='utf-8') as f:
-        frames = json.load(f)
+        try:
+            frames = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'not valid JSON ({e})') from None
     if not isinstance(frames, list):
-        raise ValueError(f'{path}: expected a list of frames')
+        raise ValueError('expected a list of frames ({"name": ..., '
+                         f'"labels": [...]}}), found a {type(frames).__name__}')
     by_name = {}
-    for frame in frames:
-        name = osp.splitext(frame['name'])[0] + '.png'
-        by_name[name] = {
-            int(label['index']): label
-            for label in frame.get('labels') or []
-        }
+    for n, frame in enumerate(frames):
+        name = frame.get('name') if isinstance(frame, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ValueError(f'frame {n} has no "name"')
+        labels = frame.get('labels') or []
+        if not isinstance(labels, list):
+            raise ValueError(f'frame {name}: "labels" is not a list')
+        by_index = {}
+        for k, label in enumerate(labels):
+            index = label.get('index') if isinstance(label, dict) else None
+            score = label.get('score') if isinstance(label, dict) else None
+            if isinstance(index, bool) or not isinstance(
+                    index, (int, float)) or not float(index).is_integer() \
+                    or index < 0:
+                raise ValueError(f'frame {name}: label {k} has no whole '
+                                 f'"index" (found {index!r})')
+            if isinstance(score, bool) or not isinstance(
+                    score, (int, float)) or not math.isfinite(score):
+                raise ValueError(f'frame {name}: label {k} has no finite '
+                                 f'"score" (found {score!r})')
+            by_index[int(index)] = label
+        by_name[osp.splitext(name)[0] + '.png'] = by_index
     return by_name
 
 

@@ -57,6 +57,11 @@ def main(argv=None):
             fail(flag, f'not a folder: {path}')
     if not osp.isfile(args.score_file):
         fail('--score-file', f'not found: {args.score_file}')
+    from .bitmask import load_score_file
+    try:  # what the evaluator reads of it, named before it starts
+        load_score_file(args.score_file)
+    except (OSError, ValueError) as e:
+        fail(f'score file {args.score_file}', e)
 
     from bdd100k.common.utils import list_files, load_bdd100k_config
 

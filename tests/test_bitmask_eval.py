@@ -301,3 +301,32 @@ def test_cli_errors(tmp_path, capsys):
                   '--score-file', case['score_file'], '--nproc', '0'])
     assert exit_info.value.code == 2
     assert '--nproc: must be at least 1' in capsys.readouterr().err
+    # A score file the evaluator cannot read is named before it starts
+    # (the official code stops with a KeyError or a JSON error that does
+    # not name the file).
+    score = tmp_path / 'score.json'
+    for text, why in [
+            ('[{"name": "a.jpg", "labels": [{"index": 1, "sco', 'not valid '
+             'JSON (Unterminated string'),
+            ('{"frames": []}', 'expected a list of frames'),
+            ('[{"labels": []}]', 'frame 0 has no "name"'),
+            ('[{"name": "a.jpg", "labels": [{"index": 1, "score": 0.5}, '
+             '{"index": 2}]}]', 'frame a.jpg: label 1 has no finite "score" '
+             '(found None)'),
+            ('[{"name": "a.jpg", "labels": [{"index": "1", "score": 1}]}]',
+             'frame a.jpg: label 0 has no whole "index" (found \'1\')'),
+            ('[{"name": "a.jpg", "labels": [{"index": 1, "score": NaN}]}]',
+             'frame a.jpg: label 0 has no finite "score" (found nan)')]:
+        score.write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(['-g', case['gt_dir'], '-r', case['pred_dir'],
+                      '--score-file', str(score), '--out-file', str(out)])
+        message = str(exit_info.value.code)
+        assert message.startswith('python -m bdd100k_ins_seg.eval: error: '
+                                  f'score file {score}: {why}'), message
+        assert not out.exists()
+    # Whole-number float indices, as the official code matches them.
+    score.write_text('[{"name": "a.jpg", "labels": [{"index": 2.0, '
+                     '"score": 1}]}]')
+    from bdd100k_ins_seg.bitmask import load_score_file
+    assert list(load_score_file(str(score))['a.png']) == [2]

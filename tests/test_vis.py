@@ -1,5 +1,6 @@
 """Deterministic palette, overlays and the vis.py command."""
 import colorsys
+import json
 import os
 import os.path as osp
 import subprocess
@@ -102,6 +103,20 @@ def test_vis_command(tmp_path):
     # Instances changed, most of the background did not (JPEG noise aside).
     diff = np.abs(vis.astype(int) - image).sum(-1)
     assert diff[foreground].mean() > 3 * diff[~foreground].mean()
+
+    # A score file without a label's score: one-line error naming it,
+    # nothing drawn.
+    bad = json.loads((pred / 'score.json').read_text())
+    del bad[1]['labels'][0]['score']
+    (tmp_path / 'bad.json').write_text(json.dumps(bad))
+    proc = run_vis(['-i', str(tmp_path / 'images'), '-c',
+                    str(pred / 'bitmasks'), '-o', str(tmp_path / 'vis2'),
+                    '--score-file', str(tmp_path / 'bad.json')])
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'vis.py: error: score file {tmp_path / "bad.json"}: frame '
+        f'{bad[1]["name"]}: label 0 has no finite "score" (found None)')
+    assert not (tmp_path / 'vis2').exists()
 
     # A mask without its image: one-line error.
     os.remove(tmp_path / 'images' / written[0])
