@@ -16,8 +16,25 @@ from .parallel import map_with_progress
 
 
 def _convert_bitmask(image, mask_base):
+    """The official conversion of one bitmask, its damage named: an
+    unreadable file, or a category id that is not one of the 8 (which the
+    official code would write into the json)."""
     from bdd100k.label.to_coco import bitmask2coco_wo_ids
-    annotations = bitmask2coco_wo_ids(image, mask_base)  # sets image size
+
+    from .bitmask import CATEGORY_NAMES
+    path = osp.join(mask_base, osp.splitext(image['file_name'])[0] + '.png')
+    try:
+        annotations = bitmask2coco_wo_ids(image, mask_base)  # sets the size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f'bitmask {path}: not a readable PNG '
+                         f'({e})') from None
+    for annotation in annotations:
+        if not 1 <= annotation['category_id'] <= len(CATEGORY_NAMES):
+            raise ValueError(
+                f'bitmask {path}: unknown category id '
+                f'{annotation["category_id"]} (expected '
+                f'1..{len(CATEGORY_NAMES)}) in instance '
+                f'{annotation["instance_id"]}')
     return annotations, image['height'], image['width']
 
 

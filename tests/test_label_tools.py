@@ -84,6 +84,37 @@ def test_to_coco_from_bitmasks_and_rles(tmp_path):
     assert not (tmp_path / 'x.json').exists()
 
 
+def test_to_coco_names_a_damaged_bitmask(tmp_path):
+    """A bitmask cut short, or one with a category id outside 1..8 (which
+    the official converter writes into the json): one line naming it, no
+    json."""
+    make_scenes(str(tmp_path), num_images=3, size=(120, 80), seed=6)
+    gt = tmp_path / 'gt'
+    names = sorted(os.listdir(gt))
+    out = tmp_path / 'coco.json'
+    whole = (gt / names[1]).read_bytes()
+    (gt / names[1]).write_bytes(whole[:len(whole) // 2])
+    proc = run_tool('to_coco.py', ['-i', str(gt), '-o', str(out),
+                                   '--nproc', '2'])
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f'to_coco.py: error: {gt}: bitmask {gt / names[1]}: not a readable '
+        'PNG (')
+    assert not out.exists()
+    (gt / names[1]).write_bytes(whole)
+    bitmask = np.array(Image.open(gt / names[2]))
+    instance = int(bitmask[..., 3][bitmask[..., 3] > 0].min())
+    bitmask[..., 0][bitmask[..., 3] == instance] = 12
+    Image.fromarray(bitmask).save(gt / names[2])
+    proc = run_tool('to_coco.py', ['-i', str(gt), '-o', str(out),
+                                   '--nproc', '1'])
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'to_coco.py: error: {gt}: bitmask {gt / names[2]}: unknown '
+        f'category id 12 (expected 1..8) in instance {instance}')
+    assert not out.exists()
+
+
 def test_colorize(tmp_path):
     scenes = make_scenes(str(tmp_path), num_images=2, seed=6)
     proc = run_tool('colorize.py', ['-i', str(tmp_path / 'gt'), '-o',
