@@ -83,6 +83,14 @@ def check_image_file(path: str) -> Tuple[int, int]:
             path, f'cannot be read: {e or type(e).__name__}') from None
 
 
+def _turned_by_exif(path: str) -> bool:
+    """Whether the file's EXIF orientation turns it by 90 degrees (OpenCV,
+    which loads the images, applies it: width and height swap)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        return image.getexif().get(0x0112) in (5, 6, 7, 8)
+
+
 def check_image_files(paths: Sequence[str],
                       what: str = 'images') -> List[Tuple[int, int]]:
     """:func:`check_image_file` for every path, in order (the first bad file
@@ -157,7 +165,9 @@ class BDD100KInsSegDataset(CocoDataset):
         sizes = check_image_files([info['img_path'] for info in infos])
         for info, size in zip(infos, sizes):
             listed = (info.get('width'), info.get('height'))
-            if None not in listed and tuple(listed) != size:
+            if None not in listed and tuple(listed) != size and not (
+                    tuple(listed) == size[::-1]
+                    and _turned_by_exif(info['img_path'])):
                 raise DataFileError(
                     self.ann_file, f'lists {info["img_path"]} at '
                     f'{listed[0]}x{listed[1]}, but the image is '

@@ -139,6 +139,18 @@ def test_the_dataset_checks_its_images_when_built(tmp_path):
         f'{kwargs["ann_file"]}: lists {images / "c.jpg"} at 96x64, but the '
         'image is 100x64 (labels of another image, or a bitmask of the '
         'wrong size?)')
+    # Stored 64x96 and turned by its EXIF orientation (as OpenCV loads it):
+    # 96x64, as listed. Without the orientation the sizes differ.
+    turned = Image.fromarray(np.zeros((96, 64, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned.save(images / 'c.jpg', exif=exif.tobytes())
+    import cv2
+    assert cv2.imread(str(images / 'c.jpg')).shape[:2] == (64, 96)
+    assert len(BDD100KInsSegDataset(indices=[0, 2], **kwargs)) == 2
+    turned.save(images / 'c.jpg')
+    with pytest.raises(DataFileError, match='but the image is 64x96'):
+        BDD100KInsSegDataset(indices=[0, 2], **kwargs)
 
 
 def test_a_json_of_other_classes_is_refused(tmp_path):
