@@ -176,9 +176,7 @@ def _run(args, cfg):
     from mmengine.registry import RUNNERS
 
     from bdd100k_ins_seg import training
-    from bdd100k_ins_seg.cli import fail, reason
-    from bdd100k_ins_seg.datasets import DataFileError
-    from bdd100k_ins_seg.inference import PreflightError
+    from bdd100k_ins_seg.cli import InputError, fail, reason
     from bdd100k_ins_seg.launch import init_cpu_distributed
     from bdd100k_ins_seg.runners import TrainRunner
     from bdd100k_ins_seg.threads import configure_threads
@@ -207,7 +205,7 @@ def _run(args, cfg):
     except training.CheckpointWriteError as e:
         fail(e.filename, f'cannot write it: {e.strerror}; the previous '
              'checkpoint is intact (--resume continues from it)')
-    except (DataFileError, PreflightError) as e:  # before iteration 1
+    except InputError as e:  # the data, checked before iteration 1
         fail(e.what, f'{e.why} (checked before the first iteration)')
     except FileNotFoundError as e:
         # Usually the data: say which file, without a traceback.

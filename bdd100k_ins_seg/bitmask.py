@@ -291,6 +291,17 @@ def read_bitmask(path: str) -> Tuple[np.ndarray, np.ndarray]:
     return array[..., 0].copy(), instances
 
 
+def whole_number(value) -> Optional[int]:
+    """``value`` as an int where it is a whole number (an int, a float such
+    as 3.0, a numpy scalar; a bool is 0 or 1, as ``==`` compares it), else
+    None: how the evaluator reads a ``score.json`` index."""
+    if isinstance(value, (bool, int, float, np.integer, np.floating)):
+        number = float(value)
+        if number.is_integer():
+            return int(number)
+    return None
+
+
 def load_score_file(path: str) -> Dict[str, Dict[int, Dict]]:
     """Read ``score.json`` into ``{bitmask file name: {index: label}}``.
 
@@ -299,7 +310,6 @@ def load_score_file(path: str) -> Dict[str, Dict[int, Dict]]:
     else is a ``ValueError`` naming the frame and the label, without the
     path (the caller names the file).
     """
-    import math
     with open(path, encoding='utf-8') as f:
         try:
             frames = json.load(f)
@@ -318,18 +328,17 @@ def load_score_file(path: str) -> Dict[str, Dict[int, Dict]]:
             raise ValueError(f'frame {name}: "labels" is not a list')
         by_index = {}
         for k, label in enumerate(labels):
-            index = label.get('index') if isinstance(label, dict) else None
-            score = label.get('score') if isinstance(label, dict) else None
-            if isinstance(index, bool) or not isinstance(
-                    index, (int, float)) or not float(index).is_integer() \
-                    or index < 0:
+            found = label if isinstance(label, dict) else {}
+            index = whole_number(found.get('index'))
+            score = found.get('score')
+            if index is None or index < 0:
                 raise ValueError(f'frame {name}: label {k} has no whole '
-                                 f'"index" (found {index!r})')
+                                 f'"index" (found {found.get("index")!r})')
             if isinstance(score, bool) or not isinstance(
                     score, (int, float)) or not math.isfinite(score):
                 raise ValueError(f'frame {name}: label {k} has no finite '
                                  f'"score" (found {score!r})')
-            by_index[int(index)] = label
+            by_index[index] = label
         by_name[osp.splitext(name)[0] + '.png'] = by_index
     return by_name
 
@@ -350,4 +359,5 @@ def instance_masks(categories: np.ndarray, instances: np.ndarray
 __all__: Sequence[str] = (
     'CATEGORY_NAMES', 'MAX_INSTANCES', 'frame_name', 'bitmask_name',
     'check_labels', 'encode_bitmask', 'png_bytes', 'atomic_write', 'write_bitmask',
-    'write_score_file', 'read_bitmask', 'load_score_file', 'instance_masks')
+    'write_score_file', 'read_bitmask', 'whole_number', 'load_score_file',
+    'instance_masks')

@@ -22,6 +22,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from bdd100k.eval.ins_seg import BDD100KInsSegEval
 
+from .bitmask import whole_number
+
 #: The official IoU code keeps at most this many GT instances per image
 #: (``bdd100k.common.bitmask.MAX_DET``) and fails with more.
 MAX_GT = 100
@@ -203,11 +205,8 @@ def parse_gt(runs: Runs, path: str = '<gt>') -> ParsedMasks:
 def _index_key(index) -> Optional[int]:
     """The instance id a ``score.json`` index selects (``ann_map == index``
     in the official code), or None if no pixel can have it."""
-    if isinstance(index, (bool, int, float, np.integer, np.floating)):
-        value = float(index)
-        if value.is_integer() and 0 <= value < NUM_IDS:
-            return int(value)
-    return None
+    key = whole_number(index)
+    return key if key is not None and 0 <= key < NUM_IDS else None
 
 
 def parse_pred(runs: Runs, ann_score: Sequence[Tuple],

@@ -3,6 +3,8 @@
 - :func:`fail`: the one error format, ``<script>: error: <what>: <why>``,
   exit status 1 (argparse's usage errors keep their status 2);
 - :func:`reason`: an exception as the ``<why>`` of that line;
+- :class:`InputError`: bad input a check found, carrying that line's
+  ``what`` and ``why``;
 - :func:`quiet_known_warnings`: silence start-up warnings the user cannot act
   on (only those; every other warning is still shown). Importing
   ``bdd100k_ins_seg`` calls it before anything imports mmengine.
@@ -16,6 +18,15 @@ import os.path as osp
 import sys
 import warnings
 from typing import Dict, List, NoReturn, Union
+
+
+class InputError(ValueError):
+    """Bad input a check found before the work started: ``what`` is wrong,
+    and ``why`` (one line: :func:`fail` prints them)."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f'{what}: {why}')
+        self.what, self.why = what, ' '.join(str(why).split())
 
 
 def script_name() -> str:

@@ -8,6 +8,8 @@ from typing import List, Sequence, Tuple
 from mmdet.datasets import BaseDetDataset, CocoDataset
 from mmdet.registry import DATASETS
 
+from .cli import InputError
+
 #: The 8 classes, in the order of their category ids 1..8.
 BDD100K_INS_SEG_CLASSES = ('pedestrian', 'rider', 'car', 'truck', 'bus',
                            'train', 'motorcycle', 'bicycle')
@@ -25,14 +27,14 @@ _END_MARKERS = {'JPEG': (b'\xff\xd9', 'JPEG end-of-image marker'),
                 'PNG': (b'IEND', 'PNG IEND chunk')}
 
 
-class DataFileError(ValueError):
-    """A data file that training or inference cannot use: ``path``, what it
-    is called in the message (``what``) and what is wrong (``why``)."""
+class DataFileError(InputError):
+    """A data file that training or inference cannot use, found before the
+    first iteration: ``path``, what the message calls it (``what``) and
+    what is wrong (``why``)."""
 
     def __init__(self, path: str, why: str, what: str = '') -> None:
-        self.path, self.why = path, why
-        self.what = what or path
-        super().__init__(f'{self.what}: {why}')
+        super().__init__(what or path, why)
+        self.path = path
 
 
 class ImageFileError(DataFileError):
@@ -42,9 +44,18 @@ class ImageFileError(DataFileError):
         super().__init__(path, why, f'image {path}')
 
 
+class ImageNotFoundError(FileNotFoundError):
+    """An image file that is not there (``path``)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f'image {path}: not found')
+        self.path = path
+
+
 def check_image_file(path: str) -> Tuple[int, int]:
     """The (width, height) of a complete image file, or
-    :class:`ImageFileError` (:class:`FileNotFoundError` where it is absent).
+    :class:`ImageFileError` (:class:`ImageNotFoundError` where it is
+    absent).
 
     Reads the header (the format and size) and the last 4 KiB: a JPEG or
     PNG must end with its end marker. A file cut short (an interrupted copy
@@ -73,7 +84,7 @@ def check_image_file(path: str) -> Tuple[int, int]:
                     path, f'cut short: no {marker[1]} ({e})') from None
             return size
     except FileNotFoundError:
-        raise FileNotFoundError(f'image {path}: not found') from None
+        raise ImageNotFoundError(path) from None
     except UnidentifiedImageError:
         raise ImageFileError(path, 'not an image file') from None
     except ImageFileError:

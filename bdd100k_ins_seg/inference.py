@@ -30,6 +30,7 @@ import tempfile
 from typing import Dict, List, Optional, Sequence, Set
 
 from .bitmask import atomic_write, bitmask_name, frame_name
+from .cli import InputError
 from .writer import PARTS_DIR, read_journals, read_score_file
 
 MANIFEST = '.run.json'
@@ -39,12 +40,8 @@ _IDENTITY = (('config', 'config'), ('checkpoint', 'checkpoint'),
              ('fuse_conv_bn', 'forward (--fuse-conv-bn)'))
 
 
-class PreflightError(ValueError):
+class PreflightError(InputError):
     """A check before inference failed: ``what`` is wrong, and ``why``."""
-
-    def __init__(self, what: str, why: str) -> None:
-        super().__init__(f'{what}: {why}')
-        self.what, self.why = what, ' '.join(str(why).split())
 
 
 class Terminated(BaseException):
@@ -82,14 +79,14 @@ def dataset_image_paths(dataset_cfg) -> List[str]:
 def check_images(paths: Sequence[str]) -> None:
     """Each file exists, has a known image header and, for a JPEG or PNG,
     its end marker (:func:`bdd100k_ins_seg.datasets.check_image_file`)."""
-    from .datasets import ImageFileError, check_image_files
+    from .datasets import (ImageFileError, ImageNotFoundError,
+                           check_image_files)
     try:
         check_image_files(paths, 'test images')
-    except FileNotFoundError as e:
-        raise PreflightError(str(e).rsplit(': ', 1)[0], 'not found') \
-            from None
+    except ImageNotFoundError as e:
+        raise PreflightError(f'image {e.path}', 'not found') from None
     except ImageFileError as e:
-        raise PreflightError(f'image {e.path}', e.why) from None
+        raise PreflightError(e.what, e.why) from None
 
 
 def check_gt(gt_dir: str, paths: Sequence[str]) -> None:
