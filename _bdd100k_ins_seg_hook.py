@@ -6,7 +6,7 @@ Python runs its one line at start-up: it appends a small finder to
 ``sys.meta_path`` and imports nothing (see :data:`PTH_LINE`). The finder is
 asked about a module only after every other finder has failed to find it, and
 it answers only for ``mmcv._ext``: it then imports this module, which loads
-``bdd100k_ins_seg/ops/torchvision_ext.py`` as ``mmcv._ext`` (that file needs
+``bdd100k_ins_seg/plugin/ops/torchvision_ext.py`` as ``mmcv._ext`` (that file needs
 only torch and torchvision, never the ``bdd100k_ins_seg`` package, so
 ``import mmcv.ops`` works in any order, with or without our package).
 
@@ -41,7 +41,7 @@ PTH_LINE = (
 def stand_in_source():
     """Path of the stand-in's source file (next to this module)."""
     return osp.join(osp.dirname(osp.abspath(__file__)), 'bdd100k_ins_seg',
-                    'ops', 'torchvision_ext.py')
+                    'plugin', 'ops', 'torchvision_ext.py')
 
 
 def find_spec(name, path=None, target=None):

@@ -21,7 +21,9 @@ import sys
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Train a BDD100K instance-segmentation model')
-    parser.add_argument('config', help='config file')
+    parser.add_argument('config', help='config file, or a model name of '
+                        'the zoo (e.g. mask_rcnn_r50_fpn_3x, or '
+                        'mask_rcnn_r18_fpn_sample: the demo\'s)')
     parser.add_argument(
         '--work-dir',
         help='folder for logs and checkpoints '
@@ -48,6 +50,10 @@ def parse_args(argv=None):
         '--unsafe-load', action='store_true',
         help='load checkpoints (--resume, load_from) that hold types outside '
         'the safe allowlist (full pickle: trusted files only)')
+    parser.add_argument('--verbose', action='store_true',
+                        help='also print the environment, the config and '
+                        'the hooks on the console (always in the log file '
+                        'of the work folder)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2) or
@@ -63,7 +69,7 @@ def parse_args(argv=None):
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.unsafe_load:
-        from bdd100k_ins_seg.checkpoint import UNSAFE_ENV
+        from bdd100k_ins_seg.plugin.checkpoint import UNSAFE_ENV
         os.environ[UNSAFE_ENV] = '1'
 
     return args
@@ -73,7 +79,7 @@ def build_config(args):
     """The config of ``args`` with the command-line overrides applied."""
     from mmengine.config import Config
 
-    from bdd100k_ins_seg.config_lookup import install_base_config_lookup
+    from bdd100k_ins_seg.plugin.config_lookup import install_base_config_lookup
 
     if not osp.isfile(args.config):
         raise FileNotFoundError(f'config file not found: {args.config}')
@@ -106,7 +112,7 @@ def build_config(args):
                              'base_batch_size, cannot use --auto-scale-lr')
         cfg.auto_scale_lr.enable = True
 
-    from bdd100k_ins_seg import training
+    from bdd100k_ins_seg.engine import training
     if args.resume is not None:
         # A complete checkpoint, or a one-line error (never a silent start
         # from iteration 0, never a truncated file).
@@ -143,10 +149,13 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from bdd100k_ins_seg.cli import fail, reason
-    if not osp.isfile(args.config):
-        fail(f'config {args.config}', 'not found')
-    from bdd100k_ins_seg import training
+    from bdd100k_ins_seg.cli import InputError, fail, reason
+    from bdd100k_ins_seg.zoo.catalogue import ZooError, resolve_config
+    try:  # a file, or a model name of the zoo
+        args.config = resolve_config(args.config)
+    except ZooError as e:
+        fail(f'config {args.config}', e)
+    from bdd100k_ins_seg.engine import training
     try:
         cfg = build_config(args)
     except training.ResumeError as e:
@@ -156,8 +165,14 @@ def main(argv=None):
             e, (FileNotFoundError, ValueError)) else
             f'{type(e).__name__}: {reason(e)}')
 
+    from bdd100k_ins_seg.engine.inputs import check_training_inputs
+    try:  # before the runner and its environment report
+        check_training_inputs(cfg)
+    except InputError as e:
+        fail(e.what, e.why)
+
     if cfg.get('load_from') and not cfg.get('resume'):
-        from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+        from bdd100k_ins_seg.plugin.checkpoint import check_checkpoint_or_fail
         # before the runner: unreadable or foreign weights stop here
         check_checkpoint_or_fail(cfg, cfg.load_from,
                                  strict=not args.non_strict)
@@ -175,15 +190,29 @@ def _run(args, cfg):
     import torch
     from mmengine.registry import RUNNERS
 
-    from bdd100k_ins_seg import training
+    from bdd100k_ins_seg.engine import training
     from bdd100k_ins_seg.cli import InputError, fail, reason
-    from bdd100k_ins_seg.launch import init_cpu_distributed
-    from bdd100k_ins_seg.runners import TrainRunner
-    from bdd100k_ins_seg.threads import configure_threads
+    from bdd100k_ins_seg.engine.launch import init_cpu_distributed
+    from bdd100k_ins_seg.engine.runners import TrainRunner
+    from bdd100k_ins_seg.engine.threads import configure_threads
 
     configure_threads(cfg)
+    if int(os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))) == 0:
+        # The header: the environment and the config go to the log file.
+        processes = int(os.environ.get('WORLD_SIZE', '1'))
+        threads = torch.get_num_threads()
+        device = (f'cuda ({torch.cuda.get_device_name()})'
+                  if torch.cuda.is_available() else 'cpu')
+        start = (f'\nresume: {cfg.load_from}' if cfg.get('resume') else
+                 f'\nweights: {cfg.load_from}' if cfg.get('load_from')
+                 else '')
+        print(f'config: {args.config}\nwork folder: {cfg.work_dir}{start}\n'
+              f'device: {device}, {processes} process'
+              f'{"es" * (processes != 1)} of {threads} thread'
+              f'{"s" * (threads != 1)}', flush=True)
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_distributed(args.launcher, cfg.env_cfg.dist_cfg.backend)
+    TrainRunner.verbose = args.verbose
     try:
         if 'runner_type' in cfg:
             runner = RUNNERS.build(cfg)
@@ -192,7 +221,10 @@ def _run(args, cfg):
     except (KeyError, TypeError, ValueError, ImportError) as e:
         fail(f'config {args.config}', f'cannot build the runner: '
              f'{type(e).__name__}: {reason(e)}')
-    from bdd100k_ins_seg.paste import box_masks_ok, enable_box_masks
+    if runner.rank == 0:
+        print(f'log (environment, config): {runner.logger.log_file}',
+              flush=True)
+    from bdd100k_ins_seg.inference.paste import box_masks_ok, enable_box_masks
     if box_masks_ok(cfg, 'val'):  # validation paints masks in their boxes
         enable_box_masks(runner.model)
     try:

@@ -72,9 +72,11 @@ def _render(task):
     import numpy as np
     from PIL import Image
 
-    from bdd100k_ins_seg.bitmask import atomic_write, read_bitmask
-    from bdd100k_ins_seg.visualization import (overlay, read_image,
-                                               select_instances)
+    from bdd100k_ins_seg.formats.bitmask import atomic_write, read_bitmask
+    from bdd100k_ins_seg.visualization.overlay import (
+        overlay,
+        read_image,
+        select_instances)
     (mask_path, img_path, out_path, labels, alpha, score_thr,
      max_num) = task
     image = read_image(img_path)
@@ -104,9 +106,9 @@ def main(argv=None):
     for name, folder in (('image', args.images), ('mask', args.masks)):
         if not osp.isdir(folder):
             fail(f'{name} folder {folder}', 'not found')
-    from bdd100k_ins_seg.bitmask import load_score_file
+    from bdd100k_ins_seg.formats.bitmask import load_score_file
     from bdd100k_ins_seg.parallel import map_with_progress
-    from bdd100k_ins_seg.visualization import find_image
+    from bdd100k_ins_seg.visualization.overlay import find_image
     scores = None
     if args.score_file:
         try:

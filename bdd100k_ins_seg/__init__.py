@@ -1,32 +1,37 @@
 """BDD100K instance segmentation on MMDetection 3.x.
 
-Importing this package (every config does, through ``custom_imports``) makes
-sure the compiled-op stand-in is registered (the installed distribution
-already does it at interpreter start, see ``_bdd100k_ins_seg_hook``), installs
-the safe checkpoint loader, then registers the BDD100K datasets and metric with
-mmdet's registries and speeds up ``mmdet::_base_`` config lookups.
-Before all that, the start-up warnings the user cannot act on are silenced
-(``cli.quiet_known_warnings``).
+Importing this package does nothing beyond defining :data:`__version__` and
+:func:`register_all_modules`: the BDD100K file formats, the evaluator, the
+model catalogue and the drawing code (``formats``, ``evaluation``, ``zoo``,
+``visualization``) load numpy, Pillow and the official toolkit only.
+
+What mmdet loads lives in :mod:`bdd100k_ins_seg.plugin`; the configs import
+it through ``custom_imports``, and :func:`register_all_modules` imports it
+for code that builds models without a config file's help. The layers and
+where each lives: ``docs/architecture.md``.
+
+It silences the start-up warnings a user cannot act on, and nothing else
+(:func:`bdd100k_ins_seg.cli.quiet_known_warnings`).
 """
-from .cli import quiet_known_warnings as _quiet_known_warnings
+from bdd100k_ins_seg.cli import quiet_known_warnings as _quiet_known_warnings
 
 _quiet_known_warnings()
 
-from .ops import install as _install_ops  # noqa: E402
-
-_install_ops()
-
-from .ops import ops_backend  # noqa: E402
-from .checkpoint import install as _install_checkpoint  # noqa: E402
-
-_install_checkpoint()
-
 __version__ = '0.1.0'
-__all__ = ['ops_backend', '__version__']
+__all__ = ['__version__', 'register_all_modules']
 
-from . import datasets  # noqa: E402,F401  (registers BDD100K datasets)
-from . import evaluation  # noqa: E402,F401  (registers BDD100KInsSegMetric)
-from . import optim  # noqa: E402,F401  (registers BF16OptimWrapper)
-from .config_lookup import install_base_config_lookup  # noqa: E402
 
-install_base_config_lookup()
+def register_all_modules(init_default_scope: bool = True) -> None:
+    """Register mmdet's modules and ours (datasets, metric, optimizer
+    wrapper, hooks, the op stand-in, the checkpoint loader), as
+    :func:`mmdet.utils.register_all_modules` does for mmdet's.
+
+    Args:
+        init_default_scope (bool): make ``mmdet`` the default registry
+            scope, as mmdet's function does.
+    """
+    from mmdet.utils import register_all_modules as register_mmdet
+
+    import bdd100k_ins_seg.engine.schedule  # noqa: F401  (its hook)
+    import bdd100k_ins_seg.plugin  # noqa: F401  (registers on import)
+    register_mmdet(init_default_scope=init_default_scope)

@@ -17,7 +17,7 @@ def collect_env():
     import torch
     import torchvision
 
-    import bdd100k_ins_seg
+    import bdd100k_ins_seg.plugin
     info = OrderedDict()
     info['Python'] = sys.version.replace('\n', ' ')
     info['PyTorch'] = torch.__version__
@@ -36,7 +36,7 @@ def collect_env():
                        ('numpy', 'numpy'), ('setuptools', 'setuptools')]:
         info[name] = _version(dist)
     info['bdd100k_ins_seg'] = bdd100k_ins_seg.__version__
-    backend = bdd100k_ins_seg.ops_backend()
+    backend = bdd100k_ins_seg.plugin.ops_backend()
     info['mmcv ops backend'] = {
         'torchvision': 'torchvision (RoIAlign avg, nms, DCN, DCNv2; other '
                        'mmcv ops unavailable)',

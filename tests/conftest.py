@@ -1,7 +1,7 @@
 """The tests see the warnings a user sees; threads; the ``cuda`` marker.
 
 Threads: the cores shared by the pytest-xdist workers (``make test`` runs
-one per core), as :mod:`bdd100k_ins_seg.threads` shares them between the
+one per core), as :mod:`bdd100k_ins_seg.engine.threads` shares them between the
 processes of a job. The scripts the tests start get one thread, or the
 worker's share.
 
@@ -14,7 +14,8 @@ included) run, and nothing more.
 Tests marked ``@pytest.mark.cuda`` (tests/test_cuda.py, and the CUDA case
 of tests/devices.py's ``CPU_AND_CUDA``) need a CUDA device: they run with
 ``pytest -m cuda`` (``make gpu-check``), where each fails at its set-up if
-CUDA is absent; every other run deselects them and names them at its end.
+CUDA is absent, and runs with TF32 off (tests/devices.py); every other run
+deselects them and names them at its end.
 """
 import os
 from collections import Counter
@@ -22,9 +23,9 @@ from collections import Counter
 import pytest
 import torch
 
-from bdd100k_ins_seg import fast_conv
+from bdd100k_ins_seg.inference import fast_conv
 from bdd100k_ins_seg.cli import quiet_known_warnings
-from bdd100k_ins_seg.threads import ENV, available_cores, plan_threads
+from bdd100k_ins_seg.engine.threads import ENV, available_cores, plan_threads
 
 # The suite takes the same Winograd paths on every CPU: the rule of AVX2
 # CPUs (from 128 channels; AVX-512 ones use 512 outside the tests).
@@ -56,6 +57,14 @@ def pytest_runtest_setup(item):
         pytest.fail('needs a CUDA device (torch.cuda.is_available() is '
                     'False): run it on a CUDA machine, or without -m cuda',
                     pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_test_settings(request):
+    """TF32 off around the tests marked ``cuda`` (tests/devices.py)."""
+    from devices import cuda_test_settings
+    with cuda_test_settings(request.node):
+        yield
 
 
 def pytest_configure(config):

@@ -81,7 +81,8 @@ def test_bad_arguments(tmp_path, capsys):
         tool.main(['nope.py', '--json', str(tmp_path / 'x.json')])
     assert info.value.code == 1
     assert capsys.readouterr().err.strip().endswith(
-        'error: nope.py: config file not found')
+        'error: config nope.py: not found, nor a model name; '
+        '`python tools/model_zoo.py list` shows the names')
     assert not (tmp_path / 'x.json').exists()
 
 
@@ -112,7 +113,7 @@ def test_a_wrong_optimized_forward_is_refused(monkeypatch, tmp_path):
     import torch
 
     import bdd100k_ins_seg.benchmark.model as stage
-    from bdd100k_ins_seg import optimize
+    from bdd100k_ins_seg.inference import optimize
     optimize_for_inference = optimize.optimize_for_inference
 
     def wrong(model):
@@ -155,8 +156,8 @@ def test_train_step_stage_rows(tmp_path, monkeypatch, capsys, native_bf16):
     bfloat16 autocast against float32 where the CPU has native bfloat16
     (both cases, whatever this CPU has); the rule is back in place
     afterwards."""
-    from bdd100k_ins_seg import optim
-    from bdd100k_ins_seg.ops import torchvision_ext
+    from bdd100k_ins_seg.plugin import optim
+    from bdd100k_ins_seg.plugin.ops import torchvision_ext
     monkeypatch.setattr(optim, 'native_bf16', lambda device: native_bf16)
     out = tmp_path / 'train.json'
     load_tool().main([SAMPLE, '--device', 'cpu', '--json', str(out),
@@ -218,7 +219,7 @@ def sample_on_tiny_data(tmp_path_factory):
     from mmdet.apis import init_detector
     from mmengine.config import Config
 
-    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    from bdd100k_ins_seg.formats.sample_data import generate_sample_dataset
     root = tmp_path_factory.mktemp('bench_t')
     data_root = str(root / 'sample') + '/'
     generate_sample_dataset(data_root, seed=2, counts=dict(train=3),

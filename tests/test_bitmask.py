@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bdd100k_ins_seg import bitmask as bm
+from bdd100k_ins_seg.formats import bitmask as bm
 
 
 def box_of(mask):

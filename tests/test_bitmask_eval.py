@@ -20,7 +20,7 @@ from bdd100k.common.logger import logger as bdd100k_logger
 from bdd100k.common.utils import list_files, load_bdd100k_config
 from bdd100k.eval import ins_seg as official
 
-from bdd100k_ins_seg import bitmask_eval
+from bdd100k_ins_seg.evaluation import bitmask_eval
 from bdd100k_ins_seg.benchmark.synthetic import write_case
 
 FIXTURE = osp.join(osp.dirname(__file__), 'fixtures', 'bdd100k_ins_seg_eval')
@@ -209,6 +209,67 @@ def test_noise_bitmasks_runs_of_one_pixel(tmp_path):
     assert fast_json(*args) == official_json(*args)
 
 
+def _evaluated(cls, args, iou_thrs):
+    """(summary json, evalImgs, iou_res) of evaluator ``cls`` at the IoU
+    thresholds ``iou_thrs`` (the steps of ``evaluate_ins_seg``)."""
+    categories = official.get_coco_categories(
+        load_bdd100k_config('ins_seg').scalabel)
+    evaluator = cls(*args, [c['name'] for c in categories], 1)
+    evaluator.params.catIds = [c['id'] for c in categories]
+    evaluator.params.iouThrs = np.array(iou_thrs)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    return (json.dumps(dict(evaluator.summarize())), evaluator.evalImgs,
+            evaluator.iou_res)
+
+
+@pytest.mark.parametrize('first_gt', ['plain', 'crowd', 'crowd_ignored'])
+@pytest.mark.parametrize('prediction', ['union', 'middle'])
+def test_a_tie_matches_the_first_gt_as_the_official_code(tmp_path, first_gt,
+                                                         prediction):
+    """A prediction symmetric between two mirror-image GT instances has
+    the same IoU with both: the official ``np.argmax`` takes the first.
+
+    ``union`` covers both GT exactly (IoU 0.5 each: the default
+    thresholds); ``middle`` covers half of each (IoU 0.2 each) and a second
+    prediction the rest of the second GT (IoU 0.5), at thresholds below,
+    at and above 0.2: the second prediction finds its GT free only when
+    the tie went to the first. The first GT may be a crowd region (not
+    used up by a match), ignored or not."""
+    ids = np.zeros((30, 40), np.int32)
+    ids[10:20, 5:15] = 1  # first GT
+    ids[10:20, 25:35] = 2  # its mirror image
+    attributes = np.where(ids == 1, dict(plain=0, crowd=2,
+                                         crowd_ignored=3)[first_gt], 0)
+    gt = _rgba(ids, np.where(ids > 0, 3, 0), attributes)
+    dt_ids = np.zeros_like(ids)
+    labels = [dict(index=1, score=0.9)]
+    if prediction == 'union':
+        dt_ids[ids > 0] = 1
+        iou_thrs = np.linspace(.5, 0.95, 10)  # the official default
+    else:
+        dt_ids[10:20, 10:30] = 1
+        dt_ids[10:20, 30:35] = 2
+        labels.append(dict(index=2, score=0.8))
+        iou_thrs = [0.1, 0.2, 0.3, 0.5, 0.75]
+    pred = _rgba(dt_ids, np.where(dt_ids > 0, 3, 0))
+    args = _one_image(tmp_path, gt, pred, labels)
+
+    ref = _evaluated(official.BDD100KInsSegEval, args, iou_thrs)
+    ours = _evaluated(bitmask_eval.FastInsSegEval, args, iou_thrs)
+    ious = ref[2][0]['ious']
+    assert ious[0, 0] == ious[0, 1] > 0  # a tie indeed
+    assert ours[0] == ref[0]
+    assert len(ours[1]) == len(ref[1])
+    for ref_img, our_img in zip(ref[1], ours[1]):
+        assert ref_img.keys() == our_img.keys()
+        for key in ref_img:
+            a, b = np.asarray(ref_img[key]), np.asarray(our_img[key])
+            assert a.dtype == b.dtype and np.array_equal(a, b), key
+    if prediction == 'union':  # the whole official run, as the CLI does
+        assert fast_json(*args) == official_json(*args) == ref[0]
+
+
 def _write_png(path, array, writer):
     if writer == 'pil':
         Image.fromarray(array).save(path)
@@ -328,5 +389,36 @@ def test_cli_errors(tmp_path, capsys):
     # Whole-number float indices, as the official code matches them.
     score.write_text('[{"name": "a.jpg", "labels": [{"index": 2.0, '
                      '"score": 1}]}]')
-    from bdd100k_ins_seg.bitmask import load_score_file
+    from bdd100k_ins_seg.formats.bitmask import load_score_file
     assert list(load_score_file(str(score))['a.png']) == [2]
+
+
+def test_cli_scores_a_subset_only_when_asked(tmp_path, capsys):
+    """Predictions for 2 of 4 GT images: refused by default, as by the
+    official command (the message says how to score them); with
+    --only-predicted the 2 are scored, as the official evaluator scores a
+    GT folder of those 2, and the run says how many of how many."""
+    from bdd100k_ins_seg import eval as cli
+    case = write_case(str(tmp_path / 'case'), 5, num_images=4)
+    gt_paths, pred_paths = paths(case)
+    for path in pred_paths[1::2]:
+        os.remove(path)
+    kept = [p for p in gt_paths
+            if osp.basename(p) in {osp.basename(q) for q in pred_paths[::2]}]
+    args = ['-g', case['gt_dir'], '-r', case['pred_dir'], '--score-file',
+            case['score_file'], '--nproc', '1', '--out-file']
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args + [str(tmp_path / 'strict.json')])
+    assert str(exit_info.value.code) == (
+        f'python -m bdd100k_ins_seg.eval: error: --result {case["pred_dir"]}'
+        ': 2 of the 4 GT bitmasks have no prediction bitmask, e.g. '
+        f'{osp.basename(pred_paths[1])}: to score the 2 images that have '
+        'one, add --only-predicted')
+    assert not (tmp_path / 'strict.json').exists()
+    capsys.readouterr()
+    cli.main(args + [str(tmp_path / 'subset.json'), '--only-predicted'])
+    out = capsys.readouterr().out
+    assert out.startswith('scoring 2 of the 4 GT images (--only-predicted')
+    with open(tmp_path / 'subset.json') as f:
+        assert json.dumps(json.load(f)) == official_json(
+            kept, pred_paths[::2], case['score_file'])

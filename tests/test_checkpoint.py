@@ -8,10 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-import bdd100k_ins_seg  # noqa: F401  (installs the loader into mmengine)
+import bdd100k_ins_seg.plugin  # noqa: F401  (installs the loader into mmengine)
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from bdd100k_ins_seg.checkpoint import UNSAFE_ENV, CheckpointError, safe_load
+from bdd100k_ins_seg.plugin.checkpoint import (
+    UNSAFE_ENV,
+    CheckpointError,
+    safe_load)
 
 
 class Payload:
@@ -184,8 +187,9 @@ def test_getattr_only_for_history_buffer(tmp_path):
 
 # ------------------------------------------- strict weights, pre-flight
 def test_compare_state_dicts_and_one_line_description():
-    from bdd100k_ins_seg.checkpoint import (compare_state_dicts,
-                                            describe_mismatch)
+    from bdd100k_ins_seg.plugin.checkpoint import (
+        compare_state_dicts,
+        describe_mismatch)
     model = collections.OrderedDict(
         [('a.weight', torch.zeros(2, 3)), ('a.bias', torch.zeros(2)),
          ('bn.num_batches_tracked', torch.zeros(())),
@@ -236,7 +240,7 @@ def tiny(tmp_path_factory):
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
-    from bdd100k_ins_seg.labels import bitmasks_to_coco, write_json
+    from bdd100k_ins_seg.formats.labels import bitmasks_to_coco, write_json
     from test_evaluation import make_scenes
     from test_test_script import BASES, TINY_CONFIG
     root = tmp_path_factory.mktemp('strict')
@@ -270,7 +274,7 @@ def test_check_checkpoint_in_process(tiny):
     from mmengine.config import Config
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from bdd100k_ins_seg.checkpoint import check_checkpoint
+    from bdd100k_ins_seg.plugin.checkpoint import check_checkpoint
     root, config, good, bad, expected = tiny
     cfg = Config.fromfile(config)
     with pytest.raises(CheckpointError) as err:
@@ -281,7 +285,7 @@ def test_check_checkpoint_in_process(tiny):
     check_checkpoint(cfg, bad, strict=False)  # readable: accepted
     check_checkpoint(cfg, good)
     # the runner's load that follows gets the checked object, not a re-read
-    from bdd100k_ins_seg import checkpoint as module
+    from bdd100k_ins_seg.plugin import checkpoint as module
     [checked] = module._PRELOADED.values()
     assert CheckpointLoader.load_checkpoint(good, 'cpu') is checked
     assert not module._PRELOADED
@@ -295,7 +299,7 @@ def test_check_checkpoint_in_process(tiny):
 def test_scripts_fail_in_one_line(tiny, capsys, monkeypatch):
     from mmengine.config import Config
 
-    from bdd100k_ins_seg.checkpoint import check_checkpoint_or_fail
+    from bdd100k_ins_seg.plugin.checkpoint import check_checkpoint_or_fail
     root, config, good, bad, expected = tiny
     monkeypatch.setattr('sys.argv', ['test.py'])
     cfg = Config.fromfile(config)
@@ -367,8 +371,9 @@ def test_pre_flight_model_matches_the_built_model(name):
     from mmengine.config import Config
     from mmdet.registry import MODELS
 
-    from bdd100k_ins_seg.checkpoint import (compare_state_dicts,
-                                            model_state_shapes)
+    from bdd100k_ins_seg.plugin.checkpoint import (
+        compare_state_dicts,
+        model_state_shapes)
     repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
     cfg = Config.fromfile(osp.join(repo, 'configs', 'ins_seg',
                                    f'{name}_ins_seg_bdd100k.py'))

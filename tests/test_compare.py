@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 import pytest
 
-from bdd100k_ins_seg import compare, zoo
+from bdd100k_ins_seg import zoo
+from bdd100k_ins_seg.zoo import compare
 from test_evaluation import make_scenes
 from test_test_script import run, setup  # noqa: F401  (module fixture)
 from zoo_host import (NAME, REPO, Host, load_tool, official_cli,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet.models)
+import bdd100k_ins_seg.plugin  # noqa: F401  (mmcv ops before mmdet.models)
 from bdd100k_ins_seg import zoo
-from bdd100k_ins_seg.checkpoint import safe_load
+from bdd100k_ins_seg.plugin.checkpoint import safe_load
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
@@ -177,7 +177,7 @@ def test_config_recipe(name):
     assert cfg.val_evaluator.type == 'BDD100KInsSegMetric'
     assert cfg.val_evaluator.gt_dir.endswith('labels/ins_seg/bitmasks/val')
     assert cfg.default_hooks.checkpoint.save_best == 'bdd100k/segm_AP'
-    assert 'bdd100k_ins_seg' in cfg.custom_imports.imports
+    assert 'bdd100k_ins_seg.plugin' in cfg.custom_imports.imports
     assert cfg.load_from is None  # released weights live in the catalogue
 
     # Backbone recipe per family.
@@ -307,7 +307,7 @@ def _write_split(root, split, stems):
             bbox=[10, 10, 20, 20],
             segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]]))
     categories = [dict(id=i, name=n) for i, n in enumerate(
-        bdd100k_ins_seg.datasets.BDD100K_INS_SEG_CLASSES, 1)]
+        bdd100k_ins_seg.plugin.datasets.BDD100K_INS_SEG_CLASSES, 1)]
     (root / 'jsons').mkdir(exist_ok=True)
     with open(root / 'jsons' / f'ins_seg_{split}_cocofmt.json', 'w') as f:
         json.dump(dict(images=images, annotations=annotations,
@@ -332,7 +332,7 @@ def test_dataset_base_reads_train_images_for_train_and_val_for_val(
         dataset_cfg.data_root = str(root) + '/'
         dataset = DATASETS.build(dataset_cfg)
         assert dataset.metainfo['classes'] == \
-            bdd100k_ins_seg.datasets.BDD100K_INS_SEG_CLASSES
+            bdd100k_ins_seg.plugin.datasets.BDD100K_INS_SEG_CLASSES
         item = dataset[0]  # runs the pipeline: reads the image from disk
         paths = sorted(Path(dataset.get_data_info(i)['img_path']).name
                        for i in range(len(dataset)))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet)
+import bdd100k_ins_seg.plugin  # noqa: F401  (mmcv ops before mmdet)
 from scripts import load_script
 
 pytestmark = pytest.mark.cuda
@@ -38,8 +38,10 @@ def test_ops_on_cuda_equal_cpu():
 
 
 def test_sample_model_features_on_cuda_equal_cpu():
-    from bdd100k_ins_seg.benchmark.model import (build_model, model_inputs,
-                                                 synthetic_image)
+    from bdd100k_ins_seg.benchmark.model import (
+        build_model,
+        model_inputs,
+        synthetic_image)
     torch.manual_seed(0)
     model, cfg = build_model(SAMPLE, 'cpu')
     inputs, _ = model_inputs(model, cfg, synthetic_image(320, 192))
@@ -73,7 +75,7 @@ def test_bf16_optim_wrapper_trains_the_sample_model_on_cuda():
 
     from bdd100k_ins_seg.benchmark.model import build_model
     from bdd100k_ins_seg.benchmark.train_step import synthetic_batch
-    from bdd100k_ins_seg.optim import BF16OptimWrapper
+    from bdd100k_ins_seg.plugin.optim import BF16OptimWrapper
     assert torch.cuda.is_bf16_supported()
     torch.manual_seed(0)
     model, cfg = build_model(SAMPLE, 'cuda')

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bdd100k_ins_seg.datasets import (BDD100KInsSegDataset, DataFileError,
-                                      ImageFileError, check_image_file,
-                                      check_image_files)
+from bdd100k_ins_seg.plugin.datasets import BDD100KInsSegDataset
+from bdd100k_ins_seg.formats.images import (
+    DataFileError,
+    ImageFileError,
+    check_image_file,
+    check_image_files)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -212,7 +215,7 @@ def test_train_checks_its_data_before_the_first_iteration(tmp_path):
     validation image without its GT bitmask (which would fail at the first
     validation, hours in): one line naming it, exit 1, no iteration, no
     checkpoint. With both fixed it trains and validates."""
-    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    from bdd100k_ins_seg.formats.sample_data import generate_sample_dataset
     data_root = str(tmp_path / 'sample') + '/'
     generate_sample_dataset(data_root, seed=3, counts=dict(train=3, val=2),
                             size=(160, 96), nproc=1, progress=False)

@@ -33,7 +33,7 @@ def test_two_processes_on_a_multicore_cpu(capsys):
 def test_one_thread_per_process_on_a_busy_machine(monkeypatch, capsys):
     import os
 
-    from bdd100k_ins_seg import threads
+    from bdd100k_ins_seg.engine import threads
     demo = _demo()
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     monkeypatch.setattr(threads, 'available_cores', lambda: 2)
@@ -79,7 +79,7 @@ def test_a_checkpoint_is_reused_only_if_it_fits_the_config(tmp_path):
     import torch
     from mmengine.config import Config
 
-    from bdd100k_ins_seg.checkpoint import model_state_shapes
+    from bdd100k_ins_seg.plugin.checkpoint import model_state_shapes
     demo = _demo()
     cfg = Config.fromfile(demo.CONFIG)
 
@@ -117,7 +117,7 @@ def test_scripts_run_in_the_demo_process(tmp_path, capsys):
     assert printed.startswith(f'$ {demo.sys.executable} '
                               f'tools/make_sample_data.py --out {out} ')
     assert f'wrote {out}: 2 train images' in printed
-    from bdd100k_ins_seg.sample_data import sample_name
+    from bdd100k_ins_seg.formats.sample_data import sample_name
     assert [p.name for p in (out / 'images' / '10k' / 'val').iterdir()] == \
         [sample_name(0, 'val', 0) + '.jpg']
 

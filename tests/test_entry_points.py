@@ -140,9 +140,11 @@ def test_usage_parsing():
 
 
 def test_sample_counts_in_help_are_the_packages():
-    from bdd100k_ins_seg.sample_data import DEFAULT_COUNTS
+    from bdd100k_ins_seg.formats.sample_data import (DEFAULT_COUNTS,
+                                                     SCENE_MIXES)
     tool = load_script('tools/make_sample_data.py', 'make_sample_data')
     assert tool.DEFAULT_COUNTS == DEFAULT_COUNTS
+    assert tool.SCENE_MIXES == tuple(SCENE_MIXES)
 
 
 def test_error_format(monkeypatch, capsys):
@@ -163,24 +165,69 @@ def test_error_format(monkeypatch, capsys):
     assert exit_.value.code == 2
 
 
-def test_known_warning_is_silenced_and_others_are_not():
-    """mmengine's pkg_resources import warns no more once the package is
-    imported; the same text from elsewhere and other warnings still show."""
-    code = '\n'.join([
-        'import warnings',
-        'import bdd100k_ins_seg',
-        'from mmengine.utils import get_installed_path, is_installed',
-        "is_installed('mmdet'); get_installed_path('mmdet')",
-        "warnings.warn('pkg_resources is deprecated as an API (here)')",
-        "warnings.warn('another warning')",
-    ])
-    proc = run([sys.executable, '-c', code])
+# Each known warning raised by its own source, then the same texts (and
+# others) from the script itself.
+KNOWN_SOURCES = r"""
+import logging, tempfile, warnings
+import torch
+import torch.distributed as dist
+from mmengine.logging import print_log
+import bdd100k_ins_seg.plugin  # after mmengine, as in a notebook
+from mmengine.utils import get_installed_path, is_installed
+is_installed('mmdet'); get_installed_path('mmdet')
+dist.init_process_group('gloo', init_method='file://' + tempfile.mktemp(),
+                        rank=0, world_size=1)
+from mmengine.model import MMDistributedDataParallel
+MMDistributedDataParallel(module=torch.nn.Linear(1, 1),
+                          broadcast_buffers=False)
+from mmengine.visualization import Visualizer
+Visualizer(name='v', vis_backends=[dict(type='LocalVisBackend')])
+from mmengine.fileio import FileClient
+FileClient.infer_client(None, tempfile.gettempdir())
+from mmengine.registry import FUNCTIONS, DefaultScope, init_default_scope
+init_default_scope('mmdet')
+DefaultScope.get_instance('other', scope_name='mmengine')
+init_default_scope('mmdet')  # DetInferencer after another scope
+with FUNCTIONS.switch_scope_and_registry('mmdet'):
+    pass
+print('FROM HERE', flush=True)
+for text in {texts!r}:
+    warnings.warn(text + ' (here)')
+for text in {logs!r}:
+    print_log(text + ' (here)', logger='current', level=logging.WARNING)
+"""
+
+
+def test_known_warnings_are_silenced_and_others_are_not():
+    """The warnings of mmengine and torch that a user cannot act on (DDP's
+    broadcast_buffers, the LocalVisBackend of a visualizer without a
+    folder, pkg_resources) and mmengine's logger warnings of the same kind
+    (FileClient, the registry scope of DetInferencer) are silenced when
+    they come from their source; the same texts from elsewhere, and other
+    warnings, still show."""
+    texts = ['pkg_resources is deprecated as an API',
+             '`broadcast_buffers` is deprecated',
+             "Failed to add <class 'mmengine.visualization.vis_backend."
+             "LocalVisBackend'>, please provide the `save_dir` argument",
+             'another warning']
+    logs = ['"FileClient" will be deprecated in future',
+            '"HardDiskBackend" is the alias of "LocalBackend"',
+            'The current default scope "x" is not "mmdet", '
+            '`init_default_scope` will force',
+            'Failed to search registry with scope "mmdet" in the '
+            '"function" registry tree',
+            'another log warning']
+    proc = run([sys.executable, '-c',
+                KNOWN_SOURCES.format(texts=texts, logs=logs)])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    warned = [line for line in proc.stderr.splitlines()
-              if 'Warning: ' in line]
-    assert warned == [
-        '<string>:5: UserWarning: pkg_resources is deprecated as an API '
-        '(here)', '<string>:6: UserWarning: another warning'], proc.stderr
+    assert 'FROM HERE' in proc.stdout
+    shown = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if 'Warning: ' in line or ' - WARNING - ' in line]
+    # Only the script's own: one line each, none from the sources.
+    assert all(line.endswith(' (here)') for line in shown), shown
+    for text in texts + logs:
+        assert sum(text + ' (here)' in line for line in shown) == 1, text
+    assert len(shown) == len(texts) + len(logs), shown
 
 
 def test_config_options_read_as_mmengine_does():

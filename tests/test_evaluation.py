@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet)
-from bdd100k_ins_seg.evaluation import BDD100KInsSegMetric
+import bdd100k_ins_seg.plugin  # noqa: F401  (mmcv ops before mmdet)
+from bdd100k_ins_seg.plugin.metric import BDD100KInsSegMetric
 
 
 def make_scenes(root, num_images=4, size=(160, 96), seed=0,
@@ -210,6 +210,11 @@ def test_format_only_needs_no_gt_and_subset_is_scored(scenes, tmp_path):
                                  osp.join(root, 'gt'))
     # One image of four: only its GT is used.
     assert metrics['bdd100k/segm_AP'] == pytest.approx(100.0)
+    # Unless every GT bitmask must have a prediction (test.py's default).
+    with pytest.raises(ValueError, match=r'^3 of the 4 GT bitmasks in .* '
+                       r'have no prediction, e\.g\. .*add --only-predicted'):
+        run_metric([data_sample(items[0])], osp.join(root, 'gt'),
+                   only_predicted=False)
     with pytest.raises(ValueError, match='gt_dir'):
         BDD100KInsSegMetric()
     with pytest.raises(ValueError, match='outfile_prefix'):
@@ -228,7 +233,7 @@ def test_image_without_gt_is_an_error(scenes, tmp_path):
 def test_coco_ap_beside_the_official_numbers(scenes, tmp_path):
     """With a COCO json of the same images, pycocotools' box/mask AP of the
     same predictions is reported next to the official bitmask AP."""
-    from bdd100k_ins_seg.labels import bitmasks_to_coco, write_json
+    from bdd100k_ins_seg.formats.labels import bitmasks_to_coco, write_json
     root, items = scenes
     gt_dir = osp.join(root, 'gt')
     coco = bitmasks_to_coco(gt_dir, nproc=1)
@@ -261,7 +266,7 @@ def test_interrupted_rewrite_leaves_no_stale_score_file(scenes, tmp_path,
                                                         monkeypatch):
     """Rewriting an output folder: if the run dies while writing PNGs, the
     old score.json must not stay beside the new masks looking complete."""
-    import bdd100k_ins_seg.writer as evaluation
+    import bdd100k_ins_seg.inference.writer as evaluation
     root, items = scenes
     out_dir = tmp_path / 'pred'
     run_metric([data_sample(s) for s in items], osp.join(root, 'gt'),

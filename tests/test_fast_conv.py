@@ -1,4 +1,4 @@
-"""bdd100k_ins_seg.fast_conv: Winograd F(2x2, 3x3) and the oneDNN 1x1
+"""bdd100k_ins_seg.inference.fast_conv: Winograd F(2x2, 3x3) and the oneDNN 1x1
 path against direct convolutions, and InferenceConv2d's dispatch."""
 import copy
 
@@ -7,9 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdd100k_ins_seg import fast_conv
-from bdd100k_ins_seg.fast_conv import (InferenceConv2d, use_fast_convs,
-                                       winograd_conv3x3, winograd_weight)
+from bdd100k_ins_seg.inference import fast_conv
+from bdd100k_ins_seg.inference.fast_conv import (
+    InferenceConv2d,
+    use_fast_convs,
+    winograd_conv3x3,
+    winograd_weight)
 
 
 def reference_conv3x3(x, weight, bias, padding):
@@ -212,7 +215,7 @@ def test_min_channels_by_cpu():
     import sys
     out = subprocess.run(
         [sys.executable, '-c', 'import torch\n'
-         'from bdd100k_ins_seg import fast_conv as f\n'
+         'from bdd100k_ins_seg.inference import fast_conv as f\n'
          'from torch import nn\n'
          'print(torch.backends.cpu.get_cpu_capability(), f.MIN_CHANNELS, '
          'f.winograd_pays(nn.Conv2d(256, 256, 3, padding=1)))'],

@@ -304,7 +304,7 @@ def test_resume_refuses_a_folder_of_the_other_forward(tmp_path):
     digits. Without the flag the manifest is what it always was."""
     from mmengine.config import Config
 
-    from bdd100k_ins_seg import inference
+    from bdd100k_ins_seg.inference import preflight as inference
     cfg = Config(dict(model=dict(type='MaskRCNN')))
     checkpoint = tmp_path / 'model.pth'
     checkpoint.write_bytes(b'weights')
@@ -322,3 +322,65 @@ def test_resume_refuses_a_folder_of_the_other_forward(tmp_path):
                            match='another forward .--fuse-conv-bn.'):
             inference.prepare_output(str(out), new, resume=True)
         assert inference.prepare_output(str(out), old, resume=True) == set()
+
+
+@pytest.mark.parametrize('key, old', [('test_evaluator.score_thr', 0.0),
+                                      ('model.test_cfg.rcnn.score_thr', 0.05)])
+def test_resume_refuses_another_score_threshold(tmp_path, key, old):
+    """A folder written with one score threshold is not resumed with
+    another, given by --cfg-options to the metric or to the model's
+    test_cfg (the folder would hold predictions of two thresholds); the
+    error names it. The same threshold resumes, and a manifest that
+    predates the recorded thresholds is judged by its config fingerprint."""
+    import re
+
+    from mmengine.config import Config
+
+    from bdd100k_ins_seg.cli import config_options
+    from bdd100k_ins_seg.inference import preflight as inference
+
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'weights')
+    paths = ['a/b1.jpg', 'a/b2.jpg']
+
+    def manifest(*options):  # as test.py reads --cfg-options
+        cfg = Config(dict(
+            model=dict(type='MaskRCNN', test_cfg=dict(
+                rpn=dict(nms_pre=1000),
+                rcnn=dict(score_thr=0.05, max_per_img=100))),
+            test_evaluator=dict(type='BDD100KInsSegMetric')))
+        if options:
+            cfg.merge_from_dict(config_options(list(options)))
+        return inference.make_manifest(cfg, str(checkpoint), paths)
+
+    written = manifest()
+    other = manifest(f'{key}=0.3')
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / inference.MANIFEST).write_text(json.dumps(written))
+    with pytest.raises(inference.PreflightError, match=re.escape(
+            f'another score threshold ({key} {old} != 0.3)')):
+        inference.prepare_output(str(out), other, resume=True)
+    for same in (manifest(), manifest(f'{key}={old}')):
+        assert inference.prepare_output(str(out), same, resume=True) == set()
+    older = {k: v for k, v in written.items() if k != 'score_thr'}
+    (out / inference.MANIFEST).write_text(json.dumps(older))
+    with pytest.raises(inference.PreflightError, match='another config'):
+        inference.prepare_output(str(out), other, resume=True)
+    assert inference.prepare_output(str(out), manifest(), resume=True) == set()
+
+
+def test_resume_with_another_score_threshold_is_refused(setup):
+    """test.py end to end: the finished folder of the reference run,
+    resumed with another metric threshold, is refused and left as it was."""
+    root, data, _, checkpoint = setup
+    before = {name: (root / 'ref' / name).stat().st_mtime_ns
+              for name in os.listdir(root / 'ref')}
+    one_line_error(
+        run([str(root / 'tiny.py'), checkpoint, '--img-dir',
+             str(data / 'images'), '--format-dir', 'ref', '--work-dir', 'wd',
+             '--resume', '--cfg-options', 'test_evaluator.score_thr=0.3'],
+            cwd=root),
+        'another score threshold (test_evaluator.score_thr 0.0 != 0.3)')
+    assert {name: (root / 'ref' / name).stat().st_mtime_ns
+            for name in os.listdir(root / 'ref')} == before

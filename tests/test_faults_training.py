@@ -104,7 +104,7 @@ class PadCheckpointHook(Hook):
 
 @pytest.fixture(scope='module')
 def fault_config(tmp_path_factory):
-    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    from bdd100k_ins_seg.formats.sample_data import generate_sample_dataset
     root = tmp_path_factory.mktemp('faults')
     data_root = str(root / 'sample') + '/'
     generate_sample_dataset(data_root, seed=1, counts=dict(train=4),
@@ -258,7 +258,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(fault_config,
 def test_atomic_write_failing_midway_leaves_old_file(tmp_path, monkeypatch):
     import mmengine.runner.checkpoint as mmengine_checkpoint
 
-    from bdd100k_ins_seg import training
+    from bdd100k_ins_seg.engine import training
     training.install_atomic_checkpoints()
     # What Runner.save_checkpoint and CheckpointHook call.
     save_checkpoint = mmengine_checkpoint.save_checkpoint
@@ -358,7 +358,7 @@ def test_forked_children_keep_the_usual_signal_handlers():
     them forever (a hang at the end of a validation)."""
     import multiprocessing
 
-    from bdd100k_ins_seg import training
+    from bdd100k_ins_seg.engine import signals as training
     pool = multiprocessing.get_context('fork').Pool(1)
     try:
         outside = pool.apply(signal.getsignal, (signal.SIGTERM, ))
@@ -378,7 +378,7 @@ def test_forked_children_keep_the_usual_signal_handlers():
     # during training: it returns.
     script = (
         'import multiprocessing, signal\n'
-        'from bdd100k_ins_seg import training\n'
+        'from bdd100k_ins_seg.engine import training\n'
         'with training.stop_on_signals():\n'
         "    with multiprocessing.get_context('fork').Pool(2) as pool:\n"
         '        assert pool.map(abs, [-1, -2, 3]) == [1, 2, 3]\n'

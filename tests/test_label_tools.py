@@ -9,7 +9,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
-from bdd100k_ins_seg.visualization import instance_color
+from bdd100k_ins_seg.visualization.overlay import instance_color
 from test_evaluation import make_scenes
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

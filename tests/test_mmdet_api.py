@@ -195,7 +195,7 @@ def test_mmdet_tools_test_py(installed, tmp_path):
     tool = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'test.py'
     assert tool.is_file()
     from test_evaluation import make_scenes
-    from bdd100k_ins_seg.labels import bitmasks_to_coco, write_json
+    from bdd100k_ins_seg.formats.labels import bitmasks_to_coco, write_json
     data = tmp_path / 'data'
     make_scenes(str(data), num_images=2, size=(160, 96), seed=5)
     write_json(bitmasks_to_coco(str(data / 'gt'), 1), str(data / 'coco.json'))
@@ -257,7 +257,7 @@ def test_import_mmcv_ops_first_in_processes_and_dataloader_workers(
               'bdd100k_ins_seg' in sys.modules)
         """, tmp_path).stdout.splitlines()
     assert out == ['spawn torchvision [0] True', 'fork torchvision [0] True',
-                   f'{REPO}/bdd100k_ins_seg/ops/torchvision_ext.py [0] False']
+                   f'{REPO}/bdd100k_ins_seg/plugin/ops/torchvision_ext.py [0] False']
 
 
 def test_a_compiled_mmcv_ext_wins(installed, tmp_path):
@@ -278,9 +278,9 @@ def test_a_compiled_mmcv_ext_wins(installed, tmp_path):
         mmcv.__path__.insert(0, {str(overlay)!r})
         import mmcv.ops
         ext = sys.modules['mmcv._ext']
-        import bdd100k_ins_seg
-        from bdd100k_ins_seg.ops import torchvision_ext
-        print(ext.__file__, '|', ext.nms(), '|', bdd100k_ins_seg.ops_backend(),
+        import bdd100k_ins_seg.plugin
+        from bdd100k_ins_seg.plugin.ops import torchvision_ext
+        print(ext.__file__, '|', ext.nms(), '|', bdd100k_ins_seg.plugin.ops_backend(),
               '|', torchvision_ext is not ext)
         """, tmp_path).stdout.strip().split(' | ')
     assert out == [str(overlay / '_ext.py'), 'compiled nms', 'mmcv', 'True']
@@ -313,7 +313,7 @@ def test_wheel_install_and_uninstall(installed, tmp_path):
         record = zf.read(next(n for n in names if n.endswith('RECORD')))
         assert zf.read(hook.PTH_NAME).decode().strip() == hook.PTH_LINE
     assert '_bdd100k_ins_seg_hook.py' in names
-    assert 'bdd100k_ins_seg/ops/torchvision_ext.py' in names
+    assert 'bdd100k_ins_seg/plugin/ops/torchvision_ext.py' in names
     assert hook.PTH_NAME.encode() in record
 
     env_dir = tmp_path / 'venv'
@@ -337,7 +337,7 @@ def test_wheel_install_and_uninstall(installed, tmp_path):
                 str(wheel)], tmp_path, python=python)
     assert (Path(site) / hook.PTH_NAME).is_file()
     out = run_python(check, tmp_path, python=python).stdout.split()
-    assert out == ['1', osp.join(site, 'bdd100k_ins_seg', 'ops',
+    assert out == ['1', osp.join(site, 'bdd100k_ins_seg', 'plugin', 'ops',
                                  'torchvision_ext.py')]
 
     run_python(['-m', 'pip', 'uninstall', '-y', '-q', 'bdd100k-ins-seg'],

@@ -17,7 +17,7 @@ import torch
 from mmcv.ops import (batched_nms, deform_conv2d, modulated_deform_conv2d,
                       soft_nms)
 
-from bdd100k_ins_seg.ops import torchvision_ext
+from bdd100k_ins_seg.plugin.ops import torchvision_ext
 from devices import CPU_AND_CUDA
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmengine.optim import OptimWrapper
 
-from bdd100k_ins_seg import optim
+from bdd100k_ins_seg.plugin import optim
 
 
 def _net():
@@ -101,6 +101,62 @@ def test_bf16_steps_keep_float32_weights_and_state(monkeypatch, messages):
 
 def test_native_bf16_of_an_unknown_device_is_false():
     assert optim.native_bf16('meta') is False
+    assert optim.native_bf16('npu') is False  # a type torch does not know
+
+
+@pytest.fixture
+def cuda_devices(monkeypatch):
+    """CUDA stubbed: ``set(capabilities)`` makes devices 0, 1, ... of those
+    compute capabilities, device 0 the current one. PyTorch's own
+    ``is_bf16_supported()`` says yes for all of them, as it does by
+    default where bfloat16 is emulated."""
+    def set_capabilities(*capabilities):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+        monkeypatch.setattr(torch.cuda, 'device_count',
+                            lambda: len(capabilities))
+        monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+
+        def capability(device=None):
+            if device is None or isinstance(device, int):
+                return capabilities[device or 0]
+            return capabilities[torch.device(device).index or 0]
+        monkeypatch.setattr(torch.cuda, 'get_device_capability', capability)
+        monkeypatch.setattr(torch.cuda, 'is_bf16_supported',
+                            lambda including_emulation=True: True)
+        monkeypatch.setattr(torch.version, 'hip', None)
+    return set_capabilities
+
+
+@pytest.mark.parametrize('capability,native', [
+    ((7, 0), False),  # V100: bfloat16 emulated
+    ((7, 5), False),  # T4
+    ((8, 0), True),   # A100
+    ((9, 0), True),   # H100, H200
+])
+def test_native_bf16_on_cuda_needs_compute_capability_8(
+        cuda_devices, capability, native):
+    cuda_devices(capability)
+    assert optim.native_bf16('cuda') is native
+    assert optim.native_bf16(torch.device('cuda', 0)) is native
+
+
+def test_native_bf16_asks_about_the_models_cuda_device(cuda_devices,
+                                                       messages):
+    """An H100 as the current device and a V100 beside it: a model on the
+    V100 trains in float32, one on the H100 in bfloat16, each said once."""
+    cuda_devices((9, 0), (7, 0))
+    assert optim.native_bf16('cuda:0') is True
+    assert optim.native_bf16('cuda:1') is False
+    wrapper = optim.BF16OptimWrapper(
+        optimizer=torch.optim.SGD(_net().parameters(), lr=0.1))
+    for _ in range(2):
+        assert wrapper._autocast_on(torch.device('cuda', 1)) is False
+        assert wrapper._autocast_on(torch.device('cuda', 0)) is True
+    assert messages == [
+        'BF16OptimWrapper: cuda:1 has no native bfloat16: training in '
+        'float32',
+        'BF16OptimWrapper: forward and losses in bfloat16 autocast on '
+        'cuda:0']
 
 
 @pytest.mark.parametrize('avx512_bf16,amx,onednn,native', [
@@ -128,7 +184,7 @@ def test_the_wrapper_is_registered_by_the_package():
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DefaultScope
 
-    import bdd100k_ins_seg  # noqa: F401
+    import bdd100k_ins_seg.plugin  # noqa: F401
     assert OPTIM_WRAPPERS.get('BF16OptimWrapper') is optim.BF16OptimWrapper
     net = _net()
     with DefaultScope.overwrite_default_scope('mmdet'):  # as in a config

@@ -10,10 +10,13 @@ from mmengine.config import Config
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet.models)
-from bdd100k_ins_seg import fast_conv, optimize
-from bdd100k_ins_seg.optimize import (count_batchnorm, fold_batchnorm,
-                                      optimize_for_inference)
+import bdd100k_ins_seg.plugin  # noqa: F401  (mmcv ops before mmdet.models)
+from bdd100k_ins_seg.inference import fast_conv
+from bdd100k_ins_seg.inference import optimize
+from bdd100k_ins_seg.inference.optimize import (
+    count_batchnorm,
+    fold_batchnorm,
+    optimize_for_inference)
 from test_configs import CONFIG_DIR, SUFFIX, build_model
 
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead

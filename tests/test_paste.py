@@ -5,10 +5,14 @@ import pytest
 import torch
 from mmengine.config import Config, ConfigDict
 
-import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet.models)
-from bdd100k_ins_seg.bitmask import encode_bitmask
-from bdd100k_ins_seg.paste import BoxMasks, enable_box_masks, paint
-from bdd100k_ins_seg.writer import render
+import bdd100k_ins_seg.plugin  # noqa: F401  (mmcv ops before mmdet.models)
+from bdd100k_ins_seg.formats.bitmask import encode_bitmask
+from bdd100k_ins_seg.inference.paste import (
+    BoxMasks,
+    enable_box_masks,
+    paint,
+    zero_size)
+from bdd100k_ins_seg.inference.writer import render
 from test_configs import CONFIG_DIR, SUFFIX, build_model
 
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead
@@ -103,7 +107,7 @@ def test_random_cases_identical_to_mmdet_paste_then_writer(seed):
 
 def test_a_paste_off_by_one_pixel_is_caught(monkeypatch):
     """The comparison above sees a one-pixel shift of the paste."""
-    import bdd100k_ins_seg.paste as paste
+    import bdd100k_ins_seg.inference.paste as paste
     rng = np.random.default_rng(1)
     case = random_case(rng, 30, 60, 80)
     reference, ours, _, _ = reference_and_ours(*case, 60, 80)
@@ -138,6 +142,82 @@ def test_boxes_wholly_outside_paint_nothing():
     boxes = torch.tensor([[30, 2, 40, 8], [-20, -20, -5, -5]],
                          dtype=torch.float32)
     ranks, _ = paint(BoxMasks(probs, boxes, (20, 20), 0.5), [0.5, 0.4])
+    assert not ranks.any()
+
+
+def zero_size_case(device='cpu'):
+    """(masks, labels, scores): boxes of exactly zero width (on a pixel
+    edge, and on a pixel centre, where mmdet's grid is 0/0), zero height
+    and both, scoring above two ordinary boxes that they cross; every
+    probability above the threshold."""
+    boxes = torch.tensor([[10., 5., 10., 20.], [20.5, 2., 20.5, 30.],
+                          [5., 12., 40., 12.], [30., 30., 30., 30.],
+                          [0., 0., 60., 40.], [8., 4., 24., 16.]])
+    probs = torch.full((6, 1, 28, 28), 0.9)
+    masks = BoxMasks(probs.to(device), boxes.to(device), (40, 60), 0.5)
+    return masks, np.array([1, 2, 3, 4, 5, 6]), np.array(
+        [0.9, 0.8, 0.7, 0.6, 0.1, 0.2])
+
+
+def zero_size_reference(masks, labels, scores):
+    """The bitmask and labels of mmdet's CPU paste of the ordinary boxes,
+    the zero-size boxes' masks left empty."""
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import \
+        _do_paste_mask
+    stack = torch.zeros((len(masks), 40, 60), dtype=torch.bool)
+    for i in (4, 5):
+        chunk, where = _do_paste_mask(masks.probs[i:i + 1].cpu(),
+                                      masks.boxes[i:i + 1].cpu(), 40, 60)
+        stack[(slice(i, i + 1), ) + where] = chunk >= 0.5
+    return encode_bitmask(stack, labels, scores)
+
+
+def check_zero_size_boxes(device='cpu'):
+    """A box of zero width or height paints nothing on ``device``, where
+    mmdet's CPU paste paints its centre line up to 3 pixels across and its
+    whole-image (CUDA) paste a band across the image; its score label
+    stays."""
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import \
+        _do_paste_mask
+    masks, labels, scores = zero_size_case(device)
+    assert zero_size(masks.boxes).tolist() == [True] * 4 + [False] * 2
+    for i in range(4):
+        one = (masks.probs[i:i + 1], masks.boxes[i:i + 1], 40, 60)
+        window, _ = _do_paste_mask(*one, skip_empty=True)
+        whole, _ = _do_paste_mask(*one, skip_empty=False)
+        band = whole[0] >= 0.5
+        assert 0 < int((window >= 0.5).sum()) <= 3 * 29 < int(band.sum())
+        # from one border of the image to the other
+        assert ((band[:, 0].any() and band[:, -1].any())
+                or (band[0].any() and band[-1].any()))
+    reference, reference_labels = zero_size_reference(masks, labels, scores)
+    ours, our_labels = render(masks, labels, scores, image_size=(40, 60))
+    np.testing.assert_array_equal(ours, reference)
+    assert our_labels == reference_labels and len(our_labels) == 6
+    ranks, order = paint(masks, scores)
+    assert set(ranks.unique().tolist()) == {5, 6}
+    full = masks.full()
+    assert not full[:4].any() and full[4:].all(dim=0).any()
+
+
+def test_zero_size_boxes_paint_nothing():
+    check_zero_size_boxes()
+
+
+def test_a_box_a_hundredth_of_a_pixel_wide_paints_nothing_either():
+    """The limit that zero-size boxes keep: mmdet's own paste of a box
+    0.01 px wide or high paints nothing, in its window and on the whole
+    image, and so does ours."""
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import \
+        _do_paste_mask
+    boxes = torch.tensor([[10., 5., 10.01, 20.], [5., 12., 40., 12.01]])
+    probs = torch.full((2, 1, 28, 28), 0.9)
+    for skip_empty in (True, False):
+        for i in range(2):
+            pasted, _ = _do_paste_mask(probs[i:i + 1], boxes[i:i + 1], 40,
+                                       60, skip_empty=skip_empty)
+            assert not (pasted >= 0.5).any()
+    ranks, _ = paint(BoxMasks(probs, boxes, (40, 60), 0.5), [0.9, 0.8])
     assert not ranks.any()
 
 
@@ -235,7 +315,7 @@ def test_box_masks_only_where_every_consumer_takes_them():
     BDD100K one and no hook draws masks."""
     from mmengine.config import Config
 
-    from bdd100k_ins_seg.paste import box_masks_ok
+    from bdd100k_ins_seg.inference.paste import box_masks_ok
     ours = dict(type='BDD100KInsSegMetric', gt_dir='gt')
     cfg = Config(dict(val_evaluator=ours, test_evaluator=[ours],
                       default_hooks=dict(visualization=dict(

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bdd100k_ins_seg.sample_data import (CROWD, IGNORE,
-                                         generate_sample_dataset, is_complete,
-                                         render_scene)
+from bdd100k_ins_seg.formats.sample_data import (
+    CROWD,
+    IGNORE,
+    generate_sample_dataset,
+    is_complete,
+    render_scene)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COUNTS = dict(train=3, val=2, test=1)
@@ -100,7 +103,7 @@ def test_bitmask_format():
 
 
 def test_coco_json_loads_in_dataset(sample):
-    import bdd100k_ins_seg  # noqa: F401  (registers the dataset)
+    import bdd100k_ins_seg.plugin  # noqa: F401  (registers the dataset)
     from mmdet.registry import DATASETS
     from pycocotools import mask as mask_utils
 
@@ -142,3 +145,32 @@ def test_cli_refuses_non_empty_output(tmp_path):
         'make_sample_data.py: error: --out: ')
     assert 'not empty' in proc.stderr
     assert os.listdir(tmp_path) == ['keep.txt']
+
+
+def test_scene_mix_changes_what_scenes_hold(tmp_path):
+    counts = {'default': np.zeros(9, int), 'city': np.zeros(9, int)}
+    brightness = {'default': [], 'city': []}
+    for i in range(12):
+        for mix in counts:
+            image, label = render_scene(np.random.default_rng([0, 9, i]),
+                                        SIZE, mix)
+            inst = (label[..., 2].astype(int) << 8) | label[..., 3]
+            for k in np.unique(inst[inst > 0]):
+                counts[mix][label[inst == k][0, 0]] += 1
+            brightness[mix].append(image.mean())
+    default, city = counts['default'], counts['city']
+    # pedestrians + riders, buses up; cars down; darker
+    assert city[[1, 2]].sum() > 1.5 * default[[1, 2]].sum()
+    assert city[5] > default[5] and city[3] < 0.7 * default[3]
+    assert np.mean(brightness['city']) < 0.85 * np.mean(
+        brightness['default'])
+
+    # recorded, and a sample of another mix is not the one asked for
+    out = str(tmp_path / 'city')
+    generate_sample_dataset(out, seed=3, counts=dict(train=1, val=1),
+                            size=SIZE, nproc=1, progress=False,
+                            scene_mix='city')
+    assert is_complete(out, seed=3, size=SIZE, scene_mix='city')
+    assert not is_complete(out, seed=3, size=SIZE)
+    with pytest.raises(ValueError, match='unknown scene mix'):
+        generate_sample_dataset(str(tmp_path / 'x'), scene_mix='town')

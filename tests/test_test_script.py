@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import bdd100k_ins_seg  # noqa: F401  (mmcv ops before mmdet)
+import bdd100k_ins_seg.plugin  # noqa: F401  (mmcv ops before mmdet)
 from test_evaluation import make_scenes
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -276,3 +276,239 @@ def test_fuse_conv_bn_writes_the_same_predictions(setup, tmp_path):
         for a, b in zip(ours['labels'], theirs['labels']):
             assert a['category'] == b['category']
             assert a['score'] == pytest.approx(b['score'], abs=1e-4)
+
+
+# test.py with a part of the package replaced (what cannot be arranged
+# from outside: a full disk, the demo's checkpoint).
+PATCHED = r'''
+import runpy, sys
+{patch}
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+def run_patched(patch, args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    cmd = [sys.executable, '-c', PATCHED.format(patch=patch),
+           osp.join(REPO, 'test.py')] + args
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def console(proc):
+    return (proc.stdout + proc.stderr).splitlines()
+
+
+def test_eval_console_is_short(one_process):
+    """The console of a run shows what a user reads: a header, the
+    results; the environment, the config and the hooks are in the log
+    file of --work-dir only."""
+    proc, out_dir = one_process
+    lines = console(proc)
+    assert len(lines) <= 40, '\n'.join(lines)
+    text = '\n'.join(lines)
+    for noise in ('System environment', 'Config:', 'Hooks will be executed',
+                  'loading annotations', 'Loads checkpoint', 'evaluating...'):
+        assert noise not in text, noise
+    assert lines[0].startswith('config: ') and 'OVERALL' in text
+    log = [line for line in lines if line.startswith('log (environment')]
+    assert len(log) == 1
+    with open(log[0].split(': ', 1)[1]) as f:
+        logged = f.read()
+    assert 'System environment' in logged and 'Config:' in logged
+
+
+def test_zoo_name_image_formats_and_a_six_image_console(setup, tmp_path):
+    """`test.py mask_rcnn_r18_fpn_sample` (here pointed at the tiny model
+    and its checkpoint, as the demo's would be) on a folder of 6 images in
+    every format read, beside a text file: the name gives the config and
+    the local checkpoint, every image gets its bitmask, the text file is
+    named as skipped, and the console is a dozen lines; a misspelt name is
+    answered with the closest ones."""
+    root, data, config, checkpoint = setup
+    images = tmp_path / 'images'
+    images.mkdir()
+    (images / 'sub').mkdir()
+    (images / 'notes.txt').write_text('not an image')
+    sources = sorted((data / 'images').iterdir())
+    for k, (name, fmt) in enumerate((('x.webp', 'WEBP'), ('y.TIF', 'TIFF'),
+                                      ('z.Bmp', 'BMP'))):
+        Image.open(sources[k]).save(images / name, format=fmt)
+        Image.open(sources[k]).save(images / sources[k].name)
+    patch = ('from bdd100k_ins_seg.zoo import catalogue\n'
+             f"catalogue.LOCAL_MODELS['mask_rcnn_r18_fpn_sample'] = "
+             f"catalogue.LocalModel('mask_rcnn_r18_fpn_sample', {config!r}, "
+             f"{checkpoint!r}, 'make demo')")
+    proc = run_patched(patch, ['mask_rcnn_r18_fpn_sample', '--img-dir',
+                               str(images), '--format-dir', 'out',
+                               '--work-dir', 'wd'], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = console(proc)
+    assert len(lines) <= 12, '\n'.join(lines)
+    assert f'config: {config}' in lines
+    assert f'checkpoint: {checkpoint}' in lines
+    assert 'images: 6, output out' in lines
+    skipped = [line for line in lines if 'skipped' in line]
+    assert len(skipped) == 1 and skipped[0].endswith(
+        f'{images}: 1 file skipped (notes.txt): not '
+        'jpg/jpeg/png/bmp/webp/tif/tiff (any case)')
+    stems = sorted(osp.splitext(n)[0] for n in os.listdir(images)
+                   if n not in ('sub', 'notes.txt'))
+    assert sorted(os.listdir(tmp_path / 'out' / 'bitmasks')) == [
+        s + '.png' for s in stems]
+    assert len(stems) == 6
+    typo = run(['mask_rcnn_r18_fpn_sampel', '--img-dir', str(images),
+                '--format-dir', 'o'], cwd=tmp_path)
+    one_line_error(typo, 'config mask_rcnn_r18_fpn_sampel: not found, nor '
+                   'a model name (closest: mask_rcnn_r18_fpn_sample')
+
+
+def test_cfg(config, images=None):
+    """The config test.py runs: the tiny one, or on an image folder."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    if images is not None:
+        cfg.test_dataloader.dataset = dict(
+            type='BDD100KImageFolderDataset', data_root='',
+            data_prefix=dict(img=str(images)), pipeline=[], test_mode=True)
+    return cfg
+
+
+def test_images_of_one_stem_are_refused_before_the_model(setup, tmp_path):
+    """a.jpg and a.png would write one bitmask a.png: test.py's checks
+    before the model is built refuse them, naming both, and write
+    nothing."""
+    from bdd100k_ins_seg.inference import preflight
+    root, data, config, checkpoint = setup
+    images = tmp_path / 'images'
+    images.mkdir()
+    source = sorted((data / 'images').iterdir())[0]
+    Image.open(source).save(images / 'a.jpg')
+    Image.open(source).save(images / 'a.png')
+    with pytest.raises(preflight.PreflightError) as error:
+        preflight.preflight(test_cfg(config, images), checkpoint, None,
+                            str(tmp_path / 'out'), False)
+    assert str(error.value) == (
+        f'test images: {images / "a.jpg"} and {images / "a.png"} have the '
+        'same stem: both predictions would be bitmasks/a.png; rename one')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_eval_needs_a_prediction_for_every_gt_unless_asked(setup, tmp_path):
+    """A GT folder with a bitmask of an image the run does not predict is
+    refused before inference, saying how to score the others; with
+    --only-predicted the run goes on (scored: see the full-disk test)."""
+    from bdd100k_ins_seg.inference import preflight
+    root, data, config, checkpoint = setup
+    gt = tmp_path / 'gt'
+    gt.mkdir()
+    for path in (data / 'gt').iterdir():
+        (gt / path.name).write_bytes(path.read_bytes())
+    (gt / 'other.png').write_bytes(path.read_bytes())
+    with pytest.raises(preflight.PreflightError) as error:
+        preflight.preflight(test_cfg(config), checkpoint, str(gt), None,
+                            False)
+    assert str(error.value) == (
+        f'GT bitmask folder {gt}: 1 of its 4 bitmasks has no image in this '
+        'run, e.g. other.png: to score the 3 images of the run only, add '
+        '--only-predicted')
+    said = []
+    preflight.preflight(test_cfg(config), checkpoint, str(gt), None, False,
+                        only_predicted=True, say=said.append)
+    assert said == [f'3, GT {gt}']
+    usage = run([config, checkpoint, '--format-only', '--format-dir', 'o',
+                 '--only-predicted'], cwd=tmp_path)
+    assert usage.returncode == 2
+    assert '--only-predicted chooses the GT to score' in usage.stderr
+
+
+FULL_DISK = '''
+import errno, os
+import bdd100k_ins_seg.inference.writer as writer
+real = writer.atomic_write
+def atomic_write(path, data, **kwargs):
+    if atomic_write.calls:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    atomic_write.calls += 1
+    real(path, data, **kwargs)
+atomic_write.calls = 0
+writer.atomic_write = atomic_write
+'''
+
+
+def test_full_disk_is_one_line_and_resume_completes(setup, one_process,
+                                                    tmp_path):
+    """The writer threads meet a full disk (ENOSPC) after one bitmask: one
+    line names the folder and says what to do; --resume then completes
+    the folder (here scoring the 3 images of a 4-bitmask GT folder with
+    --only-predicted) with the files of an uninterrupted run."""
+    root, data, config, checkpoint = setup
+    gt = tmp_path / 'gt'
+    gt.mkdir()
+    for path in (data / 'gt').iterdir():
+        (gt / path.name).write_bytes(path.read_bytes())
+    (gt / 'other.png').write_bytes(path.read_bytes())
+    args = [config, checkpoint, '--format-dir', 'full', '--eval',
+            '--gt-dir', str(gt), '--only-predicted']
+    full = run_patched(FULL_DISK, args, cwd=tmp_path)
+    one_line_error(full, 'test.py: error: output folder full: the disk is '
+                   'full (No space left on device): free space, then run '
+                   'the same command with --resume; the images written so '
+                   'far are kept')
+    assert len(console(full)) <= 6, full.stdout + full.stderr
+    assert os.listdir(tmp_path / 'full' / 'bitmasks')
+    assert not (tmp_path / 'full' / 'score.json').exists()
+    resumed = run(args + ['--resume'], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'scoring 3 of the 4 GT bitmasks' in resumed.stdout
+    pngs, frames = read_outputs(tmp_path / 'full')
+    expected_pngs, expected_frames = read_outputs(one_process[1])
+    assert sorted(pngs) == sorted(expected_pngs) and len(pngs) == 3
+    assert all((pngs[n] == expected_pngs[n]).all() for n in pngs)
+    assert frames == expected_frames
+
+
+HOLD_LOCK = '''
+import sys, time
+from bdd100k_ins_seg.inference import folder_lock
+folder_lock.lock(sys.argv[1])
+print('locked', flush=True)
+time.sleep(300)
+'''
+
+
+def test_folder_in_use_is_refused_naming_the_process(setup, tmp_path):
+    """While a process writes into --format-dir (holds its lock), test.py's
+    checks refuse another run into it, naming that process; when it ends,
+    however it ends, the lock is gone, and a run takes it until it ends."""
+    from bdd100k_ins_seg.inference import folder_lock, preflight
+    root, data, config, checkpoint = setup
+    out = tmp_path / 'out'
+    cfg = test_cfg(config, data / 'images')
+    env = dict(os.environ, PYTHONPATH=REPO)
+    holder = subprocess.Popen(
+        [sys.executable, '-c', HOLD_LOCK, str(out), 'test.py'], env=env,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        with pytest.raises(folder_lock.FolderInUseError) as error:
+            preflight.preflight(cfg, checkpoint, None, str(out), False)
+        message = str(error.value)
+        assert message.startswith(
+            f'output folder {out}: is in use by process {holder.pid} '
+            f'(-c {out} test.py) since ')
+        assert message.endswith(': wait for it to end, or write into '
+                                'another --format-dir')
+    finally:
+        holder.kill()  # no clean-up: the kernel releases the lock
+        holder.wait()
+    assert (out / folder_lock.LOCK_FILE).exists()
+    assert folder_lock.holder(str(out)) is None
+    try:
+        preflight.preflight(cfg, checkpoint, None, str(out), False)
+        info = folder_lock.holder(str(out))  # this process, now
+        assert info['pid'] == os.getpid()
+    finally:
+        folder_lock.unlock(str(out))
+    assert not (out / folder_lock.LOCK_FILE).exists()

@@ -1,5 +1,5 @@
-"""Thread planning (bdd100k_ins_seg.threads) and schedule scaling
-(bdd100k_ins_seg.schedule, what the sample config uses)."""
+"""Thread planning (bdd100k_ins_seg.engine.threads) and schedule scaling
+(bdd100k_ins_seg.engine.schedule, what the sample config uses)."""
 import types
 
 import pytest
@@ -8,11 +8,11 @@ from mmengine.config import Config
 from mmengine.hooks import CheckpointHook
 from mmengine.optim.scheduler import LinearLR, MultiStepLR
 
-import bdd100k_ins_seg  # noqa: F401
-from bdd100k_ins_seg.config_lookup import install_base_config_lookup
-from bdd100k_ins_seg.schedule import ScaleScheduleHook, nominal_iters_of
-from bdd100k_ins_seg import threads
-from bdd100k_ins_seg.threads import configure_threads, plan_threads
+import bdd100k_ins_seg.plugin  # noqa: F401
+from bdd100k_ins_seg.plugin.config_lookup import install_base_config_lookup
+from bdd100k_ins_seg.engine.schedule import ScaleScheduleHook, nominal_iters_of
+from bdd100k_ins_seg.engine import threads
+from bdd100k_ins_seg.engine.threads import configure_threads, plan_threads
 
 SAMPLE = 'configs/sample/mask_rcnn_r18_fpn_sample.py'
 
@@ -80,7 +80,7 @@ def test_configure_threads_reads_the_workers(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
-    monkeypatch.setattr('bdd100k_ins_seg.threads.available_cores', lambda: 4)
+    monkeypatch.setattr('bdd100k_ins_seg.engine.threads.available_cores', lambda: 4)
     cfg = Config(dict(train_dataloader=dict(num_workers=2),
                       val_dataloader=dict(num_workers=1)))
     try:
@@ -138,7 +138,8 @@ def test_sample_config_keeps_its_shape_with_other_max_iters():
     assert runner.hooks[0].interval == nominal
     reference = lr_after(runner, optimizer, nominal)
 
-    for max_iters in (20, 2 * nominal):
+    # 5: the warm-up scales to less than 2 iterations
+    for max_iters in (5, 20, 2 * nominal):
         runner, optimizer = fake_runner(cfg, max_iters)
         hook.before_train(runner)
         # A checkpoint and a validation at the end, not past it.

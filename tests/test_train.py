@@ -98,7 +98,7 @@ def _load_train_script():
 @pytest.fixture(scope='module')
 def tiny_config(tmp_path_factory):
     """The shrunken zoo config over 2 generated training images."""
-    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    from bdd100k_ins_seg.formats.sample_data import generate_sample_dataset
     root = tmp_path_factory.mktemp('train')
     data_root = str(root / 'sample') + '/'
     generate_sample_dataset(data_root, seed=1, counts=dict(train=2),
@@ -181,9 +181,9 @@ def test_validation_paints_masks_in_their_boxes(tiny_config, tmp_path,
                                                 monkeypatch):
     """In-loop validation gets the unpasted box masks (no (N, H, W) stack
     per image) and logs the official numbers."""
-    from bdd100k_ins_seg.evaluation import BDD100KInsSegMetric
-    from bdd100k_ins_seg.paste import BoxMasks
-    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    from bdd100k_ins_seg.plugin.metric import BDD100KInsSegMetric
+    from bdd100k_ins_seg.inference.paste import BoxMasks
+    from bdd100k_ins_seg.formats.sample_data import generate_sample_dataset
     data_root = str(tmp_path / 'sample') + '/'
     generate_sample_dataset(data_root, seed=2, counts=dict(val=2),
                             size=(160, 96), nproc=1, progress=False)
@@ -286,6 +286,22 @@ def test_missing_config_is_one_line_error(tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+def test_missing_training_json_is_the_first_line(tiny_config, tmp_path):
+    """Every input is checked before the runner (and its environment
+    report): the missing json is what the run prints, at its start."""
+    nowhere = tmp_path / 'nowhere'
+    proc = _run_train_cli(tiny_config, '--work-dir', str(tmp_path / 'wd'),
+                          '--cfg-options',
+                          f'train_dataloader.dataset.data_root={nowhere}/')
+    assert proc.returncode == 1
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert lines[:1] == [
+        f'train.py: error: training json {nowhere}/jsons/'
+        'ins_seg_train_cocofmt.json: not found'], lines
+    assert len(lines) <= 2, lines
+    assert not (tmp_path / 'wd').exists()
+
+
 def test_unknown_model_is_one_line_error(tiny_config, tmp_path):
     proc = _run_train_cli(tiny_config, '--work-dir', str(tmp_path),
                           '--cfg-options', 'model.type=NoSuchDetector')
@@ -339,7 +355,7 @@ def test_bf16_optim_wrapper_trains_in_bf16_autocast(tiny_config, tmp_path,
     """train.py with optim_wrapper.type=BF16OptimWrapper on a CPU taken to
     have native bfloat16: the run says so, logs finite losses, and saves
     float32 weights and AdamW's state as the plain wrapper does."""
-    from bdd100k_ins_seg import optim
+    from bdd100k_ins_seg.plugin import optim
     monkeypatch.setattr(optim, 'native_bf16', lambda device: True)
     work_dir = tmp_path / 'bf16'
     _train(tiny_config, work_dir, 'train_cfg.max_iters=4',
@@ -413,7 +429,7 @@ def test_match_optimizer_state_pairs_the_elements():
     without the copy fused AdamW pairs the wrong elements."""
     from mmengine.optim import OptimWrapper
 
-    from bdd100k_ins_seg.runners import match_optimizer_state
+    from bdd100k_ins_seg.engine.runners import match_optimizer_state
     torch.manual_seed(0)
     weight, grad = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
 

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bdd100k_ins_seg.bitmask import write_bitmask, write_score_file
-from bdd100k_ins_seg.visualization import (CLASS_HUES, HUE_SPREAD, colorize,
-                                           instance_color, outline,
-                                           overlay, select_instances)
+from bdd100k_ins_seg.formats.bitmask import write_bitmask, write_score_file
+from bdd100k_ins_seg.visualization.overlay import (
+    CLASS_HUES,
+    HUE_SPREAD,
+    colorize,
+    instance_color,
+    outline,
+    overlay,
+    select_instances)
 from test_evaluation import make_scenes
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -191,7 +196,7 @@ def test_vis_draws_only_confident_predictions(tmp_path):
                                     (scene['stem'] + '.jpg'))).astype(int)
         diff = np.abs(vis - image).sum(-1)
         # Per prediction (by score rank): is its visible part drawn?
-        from bdd100k_ins_seg.bitmask import read_bitmask
+        from bdd100k_ins_seg.formats.bitmask import read_bitmask
         _, instances = read_bitmask(str(pred / 'bitmasks' /
                                         (scene['stem'] + '.png')))
         drawn = []

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bdd100k_ins_seg import writer as wr
-from bdd100k_ins_seg.bitmask import encode_bitmask, read_bitmask
-from bdd100k_ins_seg.paste import BoxMasks
+from bdd100k_ins_seg.inference import writer as wr
+from bdd100k_ins_seg.formats.bitmask import encode_bitmask, read_bitmask
+from bdd100k_ins_seg.inference.paste import BoxMasks
 
 
 def box_masks(n, height=40, width=60, seed=0):
@@ -105,6 +105,33 @@ def test_queue_is_bounded_and_errors_reach_the_caller(tmp_path, monkeypatch):
     assert wr.read_journals(str(tmp_path / 'full')) == {}
 
 
+def check_writer_zero_size_boxes(out_dir, device='cpu'):
+    """The writer's files for boxes of zero width or height (on ``device``:
+    a CUDA paste runs on the caller's thread): no pixel of theirs in the
+    PNG, their score labels in score.json."""
+    from test_paste import zero_size_case, zero_size_reference
+    masks, labels, scores = zero_size_case(device)
+    writer = wr.PredictionWriter(str(out_dir), workers=2)
+    writer.put('zero.jpg', masks, torch.from_numpy(labels).to(device),
+               torch.from_numpy(scores).to(device))
+    writer.close()
+    expected, expected_labels = zero_size_reference(masks, labels, scores)
+    with Image.open(out_dir / 'bitmasks' / 'zero.png') as image:
+        np.testing.assert_array_equal(np.asarray(image), expected)
+    wr.finish(str(out_dir), wr.read_journals(str(out_dir)))
+    with open(out_dir / 'score.json') as f:
+        [frame] = json.load(f)
+    assert [lab['index'] for lab in frame['labels']] == [1, 2, 3, 4, 5, 6]
+    assert [lab['score'] for lab in frame['labels']] == sorted(
+        scores.tolist(), reverse=True)
+    assert [lab['category'] for lab in frame['labels']][:4] == [
+        wr.CATEGORY_NAMES[k - 1] for k in (1, 2, 3, 4)]
+
+
+def test_writer_paints_nothing_for_zero_size_boxes(tmp_path):
+    check_writer_zero_size_boxes(tmp_path)
+
+
 def test_bad_predictions_are_reported_with_their_reason(tmp_path):
     writer = wr.PredictionWriter(str(tmp_path), workers=1)
     writer.put('a.jpg', box_masks(2), [1, 9], [0.5, 0.4])
@@ -115,7 +142,7 @@ def test_bad_predictions_are_reported_with_their_reason(tmp_path):
 def test_metric_writes_box_masks_like_full_masks(tmp_path):
     """The metric takes the model's BoxMasks or full masks alike; with
     score_thr the same predictions are dropped."""
-    from bdd100k_ins_seg.evaluation import BDD100KInsSegMetric
+    from bdd100k_ins_seg.plugin.metric import BDD100KInsSegMetric
     masks = box_masks(6, seed=3)
     scores = torch.linspace(0.9, 0.05, 6)
     outputs = {}

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import os
+import os.path as osp
 import re
 import subprocess
 import sys
@@ -232,6 +233,76 @@ def test_unknown_name_and_foreign_config_are_refused():
         message and '\n' not in message
     with pytest.raises(zoo.UnknownModelError, match='not in the model zoo'):
         zoo.checkpoint_for_config('configs/sample/my_model.py')
+
+
+def test_model_names_stand_for_their_configs(tmp_path, monkeypatch):
+    """Wherever a config path is taken, a zoo name (full or short, with or
+    without .py) or the demo's sample model name stands for its config; a
+    relative path of the repository works from another folder."""
+    monkeypatch.chdir(tmp_path)
+    assert zoo.resolve_config('mask_rcnn_r50_fpn_1x') == str(CONFIG)
+    assert zoo.resolve_config('mask_rcnn_r50_fpn_1x.py') == str(CONFIG)
+    assert zoo.resolve_config(NAME) == str(CONFIG)
+    assert zoo.resolve_config(f'configs/ins_seg/{NAME}.py') == str(CONFIG)
+    sample = REPO / 'configs' / 'sample' / 'mask_rcnn_r18_fpn_sample.py'
+    assert zoo.resolve_config('mask_rcnn_r18_fpn_sample') == str(sample)
+    own = tmp_path / 'mask_rcnn_r50_fpn_1x.py'  # a file wins over a name
+    own.write_text('x = 1\n')
+    assert zoo.resolve_config('mask_rcnn_r50_fpn_1x.py') == \
+        'mask_rcnn_r50_fpn_1x.py'
+    assert zoo.entry_for_config('mask_rcnn_r50_fpn_3x').name == \
+        'mask_rcnn_r50_fpn_3x_ins_seg_bdd100k'
+
+
+def test_unknown_config_names_the_closest_models():
+    with pytest.raises(zoo.UnknownModelError) as error:
+        zoo.resolve_config('mask_rcnn_r50_fpn_4x')
+    message = str(error.value)
+    assert message.startswith('not found, nor a model name (closest: '
+                              'mask_rcnn_r50_fpn_3x, mask_rcnn_r50_fpn_1x')
+    assert 'model_zoo.py list' in message and '\n' not in message
+    with pytest.raises(zoo.UnknownModelError) as error:
+        zoo.resolve_config('configs/ins_seg/mask_rcnn_r50_fpn_3x.py')
+    assert str(error.value).startswith(
+        'not found; the closest model names, which stand for their '
+        'configs: mask_rcnn_r50_fpn_3x, ')
+    with pytest.raises(zoo.UnknownModelError) as error:
+        zoo.get_entry('mask_rcnn_r18_sample')
+    assert '(closest: mask_rcnn_r18_fpn_sample' in str(error.value)
+    with pytest.raises(zoo.UnknownModelError, match='^not found$'):
+        zoo.resolve_config('/no/such/folder/nope.py')
+
+
+def test_sample_model_is_local_not_published(tmp_path, monkeypatch):
+    """The sample model resolves to the checkpoint `make demo` trains
+    (where tools/demo.py writes it), is no published model (26 of them,
+    no README row) and has no published files to download."""
+    from mmengine.config import Config
+    local = zoo.LOCAL_MODELS['mask_rcnn_r18_fpn_sample']
+    demo = load_script('tools/demo.py', 'demo_tool')
+    max_iters = Config.fromfile(local.config_path).train_cfg.max_iters
+    assert local.checkpoint == osp.join(
+        demo.parse_args([]).work_dir, f'iter_{max_iters}.pth')
+    assert local.config == demo.CONFIG
+    catalogue = zoo.load_catalogue()
+    assert len(catalogue) == 26 and local.name not in catalogue
+    assert local.name not in zoo.render_tables()
+    with pytest.raises(zoo.UnknownModelError, match='make demo'):
+        zoo.get_entry(local.name)
+    # Before the demo ran: say which command makes the checkpoint; after:
+    # the checkpoint.
+    checkpoint = tmp_path / 'iter_650.pth'
+    monkeypatch.setitem(zoo.LOCAL_MODELS, local.name, zoo.LocalModel(
+        local.name, local.config, str(checkpoint), local.made_by))
+    with pytest.raises(zoo.ZooError, match='run `make demo` first'):
+        zoo.checkpoint_for_config(local.config_path)
+    checkpoint.write_bytes(b'weights')
+    for spec in (local.name, local.config_path):
+        assert zoo.checkpoint_for_config(spec) == str(checkpoint)
+    # A copy of the config elsewhere is another model: no local weights.
+    copy = tmp_path / 'mask_rcnn_r18_fpn_sample.py'
+    copy.write_text('x = 1\n')
+    assert zoo.local_checkpoint(str(copy)) is None
 
 
 def test_metafile_with_a_missing_field_is_reported(tmp_path):

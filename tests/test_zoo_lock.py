@@ -1,5 +1,9 @@
 """Concurrent downloads of one published file: one transfer, the others
-wait and reuse it; a lock left by a killed or silent owner is broken."""
+wait and reuse it; a killed owner does not block, a silent owner's lock is
+broken. Each with the operating system's locks (flock) and on a file
+system without them (the pid-file lock)."""
+import errno
+import fcntl
 import multiprocessing
 import os
 import socket
@@ -14,11 +18,37 @@ from zoo_host import NAME, Host, build_host, leftovers
 from test_zoo_artefacts import scenes  # noqa: F401  (module fixture)
 
 FORK = multiprocessing.get_context('fork')  # the test's imports, no restart
+NO_LOCKS = ('the file system takes no file locks (flock: Function not '
+            'implemented); downloads there are locked by lock files that '
+            "hold their owner's pid")
 
 
-def _fetch_in_child(kind, log_path):
-    """Child process: fetch, stdout/stderr to log_path, exit 0 or 1."""
+@pytest.fixture(params=['flock', 'pid-file'])
+def locks(request, monkeypatch):
+    """'flock', or 'pid-file': a file system whose flock fails with ENOSYS
+    (as some network file systems do), here and in the forked children."""
+    if request.param == 'pid-file':
+        def no_flock(fd, operation):
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+        monkeypatch.setattr(fcntl, 'flock', no_flock)
+    return request.param
+
+
+def _without_notice(lines, folder, locks):
+    """``lines`` less the one-line notice of a file system without locks,
+    which is there exactly once on such a file system."""
+    notice = f'{folder}: {NO_LOCKS}'
+    assert lines.count(notice) == (locks == 'pid-file'), lines
+    return [line for line in lines if line != notice]
+
+
+def _fetch_in_child(kind, log_path, host=None):
+    """Child process: fetch, stdout/stderr to log_path, exit 0 or 1.
+    ``host``: the host name it gives (as a process in another container
+    or on another host, sharing the cache, would)."""
     sys.stdout = sys.stderr = open(log_path, 'w', buffering=1)
+    if host is not None:
+        socket.gethostname = lambda: host
     try:
         print(zoo.fetch(NAME, kind, progress=False), flush=True)
     except BaseException as e:  # noqa: B902  (reported through the log)
@@ -48,7 +78,7 @@ def _wait_for(condition, seconds=60):
 
 
 @pytest.mark.parametrize('kind', ['weights', 'preds'])
-def test_two_processes_one_transfer(host, tmp_path, kind):
+def test_two_processes_one_transfer(host, tmp_path, kind, locks):
     """Answers are held until the second process says it waits (or, with
     no lock, until it asks the server too): then one transfer is all."""
     srv, published = host
@@ -70,8 +100,10 @@ def test_two_processes_one_transfer(host, tmp_path, kind):
     outputs = [log.read_text() for log in logs]
     assert [first.exitcode, second.exitcode] == [0, 0], outputs
     dest = zoo.artefact_path(zoo.get_entry(NAME), kind)
-    assert outputs[0].splitlines() == [str(dest)]
-    waiting, path = outputs[1].splitlines()
+    lines = [_without_notice(text.splitlines(), dest.parent, locks)
+             for text in outputs]
+    assert lines[0] == [str(dest)]
+    waiting, path = lines[1]
     assert path == str(dest)
     assert waiting == (f'{dest.name}: waiting for process {first.pid} on '
                        f'{socket.gethostname()}, which is downloading it '
@@ -83,21 +115,30 @@ def test_two_processes_one_transfer(host, tmp_path, kind):
     assert leftovers(tmp_path / 'cache') == []
 
 
-def test_lock_of_a_killed_process_does_not_block(host, tmp_path, capfd):
-    """SIGKILL during the transfer leaves a lock and a partial file; the
-    next fetch breaks the lock (its process is gone) and cleans up."""
+def test_lock_of_a_killed_process_does_not_block(host, tmp_path, capfd,
+                                                 monkeypatch, locks):
+    """SIGKILL during the transfer leaves a lock file and a partial file;
+    the next fetch does not wait (flock: the kernel released the lock;
+    pid-file: it breaks the lock, whose process is gone) and cleans up.
+
+    With flock the owner says it runs elsewhere (another container or
+    host sharing the cache, whose processes cannot be looked up from
+    here): still no wait."""
     srv, published = host
     srv.gate = threading.Event()
+    owner_host = 'other-host' if locks == 'flock' else socket.gethostname()
+    # (the pid-file lock would wait for the timeout there: it is bounded)
+    monkeypatch.setenv(zoo.LOCK_TIMEOUT_ENV, '40')
     child = FORK.Process(target=_fetch_in_child,
-                         args=('scores-val', tmp_path / 'child.log'))
+                         args=('scores-val', tmp_path / 'child.log',
+                               owner_host))
     child.start()
     lock = zoo.artefact_path(zoo.get_entry(NAME), 'scores-val')
     lock = lock.with_name(lock.name + '.lock')
     assert _wait_for(lambda: srv.requests and lock.exists())
     child.kill()
     child.join()
-    assert lock.read_text().split()[:2] == [str(child.pid),
-                                            socket.gethostname()]
+    assert lock.read_text().split()[:2] == [str(child.pid), owner_host]
     assert any(name.endswith('.part')
                for name in leftovers(tmp_path / 'cache'))
     srv.gate.set()
@@ -105,27 +146,40 @@ def test_lock_of_a_killed_process_does_not_block(host, tmp_path, capfd):
     path = zoo.fetch(NAME, 'scores-val', progress=False)
     assert time.monotonic() - start < 30
     assert path.read_bytes() == published['scores-val']
-    err = capfd.readouterr().err
-    assert (f'removed the stale lock {lock} (its process {child.pid} is '
-            'gone)') in err
+    err = _without_notice(capfd.readouterr().err.splitlines(), lock.parent,
+                          locks)
+    assert not [line for line in err if 'waiting for' in line], err
+    if locks == 'pid-file':
+        assert (f'{path.name}: removed the stale lock {lock} (its process '
+                f'{child.pid} is gone)') in err
+    else:
+        assert not [line for line in err if 'lock' in line], err
     assert leftovers(tmp_path / 'cache') == []
 
 
 def test_lock_without_progress_is_broken_after_the_timeout(
-        host, tmp_path, monkeypatch, capfd):
-    """An owner on another host that stopped making progress: waited for,
-    then broken after $BDD100K_INS_SEG_LOCK_TIMEOUT seconds."""
+        host, tmp_path, monkeypatch, capfd, locks):
+    """An owner on another host that stopped making progress (and, with
+    flock, still holds its lock): waited for, then broken after
+    $BDD100K_INS_SEG_LOCK_TIMEOUT seconds."""
     srv, published = host
     monkeypatch.setenv(zoo.LOCK_TIMEOUT_ENV, '1.5')
     dest = zoo.artefact_path(zoo.get_entry(NAME), 'visuals')
     dest.parent.mkdir(parents=True)
     lock = dest.with_name(dest.name + '.lock')
     lock.write_text(f'4242 other-host {time.time():.3f}\n')
-    start = time.monotonic()
-    assert zoo.fetch(NAME, 'visuals', progress=False).read_bytes() == \
-        published['visuals']
-    assert time.monotonic() - start >= 1.5
-    err = capfd.readouterr().err.splitlines()
+    held = os.open(lock, os.O_RDWR)
+    try:
+        if locks == 'flock':
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        start = time.monotonic()
+        assert zoo.fetch(NAME, 'visuals', progress=False).read_bytes() == \
+            published['visuals']
+        assert time.monotonic() - start >= 1.5
+    finally:
+        os.close(held)
+    err = _without_notice(capfd.readouterr().err.splitlines(), dest.parent,
+                          locks)
     assert err[0] == (f'{dest.name}: waiting for process 4242 on '
                       f'other-host, which is downloading it (lock {lock})')
     assert err[1].startswith(f'{dest.name}: removed the stale lock {lock} '

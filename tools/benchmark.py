@@ -10,7 +10,7 @@ import argparse
 
 #: Stage letters, as in bdd100k_ins_seg.benchmark.STAGE_MODULES (not
 #: imported here: --help answers without loading the stack).
-STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e', 'f', 't')
+STAGE_LETTERS = ('a', 'b', 'c', 'd', 'e', 'f', 't', 'g')
 
 
 def parse_args(argv=None):
@@ -18,9 +18,12 @@ def parse_args(argv=None):
         description='Images/s and ms per image of the model forward (a), '
         'post-processing (b), test.py --format-only (c), the evaluator (d), '
         "the forward against torchvision's maskrcnn_resnet50_fpn (e), the "
-        'convolutions (f) and a training step (t), each against its '
-        'baseline in the same run (medians).')
-    parser.add_argument('config', help='model config (zoo or sample)')
+        'convolutions (f), a training step (t) and the deformable '
+        "convolutions' forward + backward against torchvision's (g), each "
+        'against its baseline in the same run (medians).')
+    parser.add_argument('config', help='model config, or a model name of '
+                        'the zoo (e.g. mask_rcnn_r50_fpn_3x, '
+                        'mask_rcnn_r18_fpn_sample)')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--json', required=True, metavar='OUT',
                         help='write the rows and the machine here')
@@ -29,9 +32,9 @@ def parse_args(argv=None):
                         'one warm-up)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch intra-op threads (default: '
-                        'bdd100k_ins_seg.threads, OMP_NUM_THREADS wins)')
+                        'bdd100k_ins_seg.engine.threads, OMP_NUM_THREADS wins)')
     parser.add_argument('--stages', default=None,
-                        help='comma-separated subset of a,b,c,d,e,f,t '
+                        help='comma-separated subset of a,b,c,d,e,f,t,g '
                         '(default: all)')
     parser.add_argument('--size', default='1280x720',
                         help='image WIDTHxHEIGHT (default 1280x720)')

@@ -3,7 +3,7 @@
     python tools/colorize.py -i OUT/bitmasks -o OUT/colored [--nproc 4]
 
 Every class has its own hue family and an instance index always gets the
-same color (bdd100k_ins_seg.visualization.instance_color), so colored
+same color (bdd100k_ins_seg.visualization.overlay.instance_color), so colored
 predictions of different runs and images compare at a glance. The result
 is what vis.py's -c also accepts.
 """
@@ -28,8 +28,8 @@ def _colorize_one(task):
 
     from PIL import Image
 
-    from bdd100k_ins_seg.bitmask import atomic_write, read_bitmask
-    from bdd100k_ins_seg.visualization import colorize
+    from bdd100k_ins_seg.formats.bitmask import atomic_write, read_bitmask
+    from bdd100k_ins_seg.visualization.overlay import colorize
     src, dst = task
     colored = colorize(*read_bitmask(src))
     buffer = io.BytesIO()

@@ -100,7 +100,7 @@ def main(argv=None):
 
     from mmengine.config import Config
 
-    from bdd100k_ins_seg.sample_data import INFO_FILE, is_complete
+    from bdd100k_ins_seg.formats.sample_data import INFO_FILE, is_complete
     cfg = Config.fromfile(CONFIG)
     max_iters = cfg.train_cfg.max_iters
     data_root = args.data.rstrip('/') + '/'
@@ -151,7 +151,7 @@ def main(argv=None):
         # training, it would do the same work twice.
         import torch
 
-        from bdd100k_ins_seg.threads import available_cores
+        from bdd100k_ins_seg.engine.threads import available_cores
         command, train_env = _train_command(
             py, args.work_dir, ['val_cfg=None', 'val_dataloader=None',
                                 'val_evaluator=None', train_data],
@@ -215,7 +215,7 @@ def main(argv=None):
 def _thread_env():
     """The environment of the training and inference commands.
 
-    They size their threads to the cores (bdd100k_ins_seg.threads); on a
+    They size their threads to the cores (bdd100k_ins_seg.engine.threads); on a
     machine already busy with other work, threads that wait for each other
     lose much more than they gain (a training step of 5-14 s instead of
     ~1.5 s), so there they get one thread. Busy is what the machine's
@@ -223,7 +223,7 @@ def _thread_env():
     be read, also counts the demo's own setup that has just ended).
     OMP_NUM_THREADS, if set, wins.
     """
-    from bdd100k_ins_seg.threads import available_cores, busy_cores
+    from bdd100k_ins_seg.engine.threads import available_cores, busy_cores
     env = dict(os.environ)
     cores = available_cores()
     if 'OMP_NUM_THREADS' in env:
@@ -255,7 +255,7 @@ def _train_command(py, work_dir, options, batch_size, cores, cuda, env):
     On a CPU machine with 2 or more cores: two data-parallel processes
     (``torch.distributed.run --standalone``, gloo), each with half of the
     config's batch (the same images per step, the same learning rate) and
-    half the threads (bdd100k_ins_seg.threads). A step of the sample model
+    half the threads (bdd100k_ins_seg.engine.threads). A step of the sample model
     took 0.43-0.45 s so instead of 0.59 s in one 2-thread process (2-core
     machine, idle, an earlier recipe): Python overhead and the
     single-threaded ops run side by side. One process on a GPU, on one
@@ -279,10 +279,11 @@ def _train_command(py, work_dir, options, batch_size, cores, cuda, env):
 def _unfit(cfg, ckpt):
     """Why ``ckpt`` cannot be the model of ``cfg`` (unreadable, or trained
     for another version of the config), or None if it fits."""
-    import bdd100k_ins_seg  # noqa: F401 - registers the package's modules
-    from bdd100k_ins_seg.checkpoint import (CheckpointError,
-                                            CheckpointMismatchError,
-                                            check_checkpoint)
+    import bdd100k_ins_seg.plugin  # noqa: F401 - registers the package's modules
+    from bdd100k_ins_seg.plugin.checkpoint import (
+        CheckpointError,
+        CheckpointMismatchError,
+        check_checkpoint)
     try:
         check_checkpoint(cfg, ckpt, keep_loaded=False)
     except CheckpointMismatchError as e:

@@ -42,7 +42,8 @@ def cmd_list(args):
                f'{entry.results[("val", "box")]:>10.2f}')
         if args.params:
             # Builds each model (a few seconds each on CPU, nothing loaded).
-            count = zoo.count_parameters(entry.config_path)
+            from bdd100k_ins_seg.plugin.models import count_parameters
+            count = count_parameters(entry.config_path)
             row += f' {count:>15,}'
             if count != entry.parameters:
                 mismatches.append(entry.name)
@@ -99,12 +100,13 @@ def cmd_verify(args):
 
 
 def cmd_compare(args):
-    from bdd100k_ins_seg import compare
+    from bdd100k_ins_seg.zoo import compare
+    from bdd100k_ins_seg.evaluation.results import ResultFormatError
     try:
         outcome = compare.run(args.name, args.result, split=args.split,
                               fail_above=args.fail_above,
                               progress=not args.quiet)
-    except compare.ResultFormatError as e:
+    except ResultFormatError as e:
         raise zoo.ZooError(str(e)) from None
     print(outcome.text)
     return outcome.status

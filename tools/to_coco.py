@@ -28,8 +28,10 @@ def main():
     args = parse_args()
     # After parsing: --help answers without importing the stack.
     from bdd100k_ins_seg.cli import fail
-    from bdd100k_ins_seg.labels import (bitmasks_to_coco, rles_to_coco,
-                                        write_json)
+    from bdd100k_ins_seg.formats.labels import (
+        bitmasks_to_coco,
+        rles_to_coco,
+        write_json)
     if osp.isdir(args.input):
         convert = bitmasks_to_coco
     elif osp.isfile(args.input) and args.input.endswith('.json'):

@@ -15,7 +15,10 @@ and ratios) to OUT. Stages (letters as in ``--stages``):
   convolution (``conv``; CPU);
 - t: a training step, channels_last weights against NCHW, and the RoIAlign
   forward's size rule against the separable form everywhere
-  (``train_step``; CPU).
+  (``train_step``; CPU);
+- g: the deformable convolutions' forward + backward, mmcv's DCN and DCNv2
+  modules on this package's ops against torchvision's ``deform_conv2d``
+  (``dcn``).
 
 Each stage module has ``run(config, device, repeats, work_dir) -> list`` of
 rows ``{'stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
@@ -35,11 +38,11 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 #: The stage modules, in the order they run.
-STAGES = ['model', 'postprocess', 'evaluator', 'conv', 'train_step']
+STAGES = ['model', 'postprocess', 'evaluator', 'conv', 'train_step', 'dcn']
 #: Which module measures each stage letter.
 STAGE_MODULES = {'a': 'model', 'b': 'postprocess', 'c': 'postprocess',
                  'd': 'evaluator', 'e': 'model', 'f': 'conv',
-                 't': 'train_step'}
+                 't': 'train_step', 'g': 'dcn'}
 ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
             'baseline_ms_per_image', 'speedup')
 
@@ -169,7 +172,7 @@ def pace_probe_ms(repeats: int = 10) -> float:
 
 def machine_info(device: str) -> Dict[str, object]:
     import torch
-    from ..threads import available_cores
+    from bdd100k_ins_seg.engine.threads import available_cores
     info = dict(platform=platform.platform(), python=platform.python_version(),
                 torch=torch.__version__, cores=available_cores(),
                 threads=torch.get_num_threads(), device=device)
@@ -178,7 +181,9 @@ def machine_info(device: str) -> Dict[str, object]:
     except OSError:
         pass
     if device == 'cuda':
+        from bdd100k_ins_seg.engine.tf32 import describe
         info['gpu'] = torch.cuda.get_device_name(0)
+        info['tf32'] = describe()
     return info
 
 
@@ -204,9 +209,12 @@ def missing_training_files(cfg) -> Optional[str]:
 def run_cli(args) -> None:
     """What ``tools/benchmark.py`` does once its arguments are parsed
     (``args``: its argparse namespace)."""
-    from ..cli import fail
-    if not osp.isfile(args.config):
-        fail(args.config, 'config file not found')
+    from bdd100k_ins_seg.cli import fail
+    from bdd100k_ins_seg.zoo.catalogue import ZooError, resolve_config
+    try:  # a file, or a model name of the zoo
+        args.config = resolve_config(args.config)
+    except ZooError as e:
+        fail(f'config {args.config}', e)
     import torch
     if args.device == 'cuda' and not torch.cuda.is_available():
         fail('--device cuda', 'no CUDA device available')
@@ -215,8 +223,9 @@ def run_cli(args) -> None:
         # Named here, in one line, before any stage runs.
         from mmengine.config import Config
 
-        from ..checkpoint import check_checkpoint_or_fail
-        from ..config_lookup import install_base_config_lookup
+        from bdd100k_ins_seg.plugin.checkpoint import check_checkpoint_or_fail
+        from bdd100k_ins_seg.plugin.config_lookup import (
+            install_base_config_lookup)
         install_base_config_lookup()
         cfg = Config.fromfile(args.config)
         if checkpoint:
@@ -228,7 +237,7 @@ def run_cli(args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     else:
-        from ..threads import configure_threads
+        from bdd100k_ins_seg.engine.threads import configure_threads
         configure_threads(num_workers=0)
     SETTINGS.update(size=args.size, images=args.images,
                     checkpoint=checkpoint, train_batches=train_batches)

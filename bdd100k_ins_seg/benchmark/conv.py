@@ -1,5 +1,5 @@
 """Stage f: the 3x3 convolution layers of the R-50 Mask R-CNN, Winograd
-F(2x2, 3x3) (:mod:`bdd100k_ins_seg.fast_conv`) against the direct
+F(2x2, 3x3) (:mod:`bdd100k_ins_seg.inference.fast_conv`) against the direct
 convolution (``F.conv2d``: oneDNN on CPU), channels_last, same input.
 
 The shapes follow ``SETTINGS['size']`` (the padded input's strides 4, 8,
@@ -11,7 +11,7 @@ feature map. The config is not used.
 import torch
 import torch.nn.functional as F
 
-from . import SETTINGS, interleaved_medians, make_row
+from bdd100k_ins_seg.benchmark import SETTINGS, interleaved_medians, make_row
 
 
 def shapes(width: int, height: int) -> list:
@@ -28,7 +28,10 @@ def shapes(width: int, height: int) -> list:
 
 
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
-    from ..fast_conv import winograd_conv3x3, winograd_pays, winograd_weight
+    from bdd100k_ins_seg.inference.fast_conv import (
+        winograd_conv3x3,
+        winograd_pays,
+        winograd_weight)
     if device != 'cpu':
         return []  # the Winograd path is for CPU inference only
     width, height = SETTINGS['size']

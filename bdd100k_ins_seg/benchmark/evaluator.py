@@ -6,8 +6,8 @@ import json
 import logging
 import os.path as osp
 
-from . import SETTINGS, make_row, median_ms
-from .synthetic import write_case
+from bdd100k_ins_seg.benchmark import SETTINGS, make_row, median_ms
+from bdd100k_ins_seg.benchmark.synthetic import write_case
 
 
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
@@ -18,7 +18,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     from bdd100k.common.utils import list_files, load_bdd100k_config
     from bdd100k.eval.ins_seg import evaluate_ins_seg as official
 
-    from ..bitmask_eval import evaluate_ins_seg as ours
+    from bdd100k_ins_seg.evaluation.bitmask_eval import (
+        evaluate_ins_seg as ours)
 
     num = SETTINGS['images']
     case = write_case(osp.join(work_dir, 'split'), seed=0, num_images=num,

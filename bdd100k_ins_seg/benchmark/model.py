@@ -11,15 +11,21 @@ speed does not depend on the values; random weights give the full 100
 detections to both).
 
 Stage a gives the plain forward and the optimized one
-(:func:`bdd100k_ins_seg.optimize.optimize_for_inference`, what ``test.py
+(:func:`bdd100k_ins_seg.inference.optimize.optimize_for_inference`, what ``test.py
 --fuse-conv-bn`` runs: BN folding, and on CPU channels_last memory and
-:mod:`bdd100k_ins_seg.fast_conv`'s Winograd 3x3 convolutions) against it;
+:mod:`bdd100k_ins_seg.inference.fast_conv`'s Winograd 3x3 convolutions) against it;
 stage e the optimized forward against torchvision's (its default memory
 format and FrozenBatchNorm). The three
 are timed in turn, repeat after repeat (:func:`interleaved_medians`), and
 the two forwards' feature pyramids are checked to agree first (with these
 untrained BN statistics the fold changes little: the equality of the
 predictions on non-trivial ones is tested in ``tests/test_optimize.py``).
+On CUDA that check runs with TF32 off (``engine.tf32.tf32_mode``):
+PyTorch's default TF32 convolutions round each forward by
+~1e-3 on their own (emulated on the sample model at 320x192: 7.7e-4 of a
+level's largest value rounding to nearest, 5.1e-3 truncating), which says
+nothing about the fold; the timings keep the process's TF32 setting,
+named in the rows.
 """
 import copy
 import os.path as osp
@@ -27,7 +33,11 @@ import warnings
 
 import numpy as np
 
-from . import SETTINGS, interleaved_medians, make_row, weights_label
+from bdd100k_ins_seg.benchmark import (
+    SETTINGS,
+    interleaved_medians,
+    make_row,
+    weights_label)
 
 
 def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -46,7 +56,7 @@ def build_model(config: str, device: str, checkpoint: str = None):
     from mmdet.apis import init_detector
     from mmengine.config import Config
 
-    from ..config_lookup import install_base_config_lookup
+    from bdd100k_ins_seg.plugin.config_lookup import install_base_config_lookup
     install_base_config_lookup()
     cfg = Config.fromfile(config)
     with warnings.catch_warnings():
@@ -124,7 +134,7 @@ def feature_difference(a, b) -> float:
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     import torch
 
-    from ..optimize import optimize_for_inference
+    from bdd100k_ins_seg.inference.optimize import optimize_for_inference
     width, height = SETTINGS['size']
     image = synthetic_image(width, height)
     model, cfg = build_model(config, device, SETTINGS['checkpoint'])
@@ -142,7 +152,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     # The two feature pyramids must agree. The detections are compared
     # too, for the row's label only: untrained scores are near ties
     # (~1/9 each), so a rounding difference may swap two detections.
-    with torch.inference_mode():
+    from bdd100k_ins_seg.engine import tf32
+    with torch.inference_mode(), tf32.tf32_mode(False):
         features = feature_difference(model.extract_feat(inputs),
                                       fast.extract_feat(inputs))
     if features > 1e-3:
@@ -165,6 +176,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         [forward(model), forward(fast), theirs], repeats, sync)
     name = osp.splitext(osp.basename(config))[0]
     where = f'{width}x{height}, {device}, {torch.get_num_threads()} threads'
+    if device == 'cuda':
+        where += ', ' + tf32.describe()
     if weights_label():
         where += ', ' + weights_label()
     optimized = (f"{name} optimized forward ({done['folded']} BN folded"

@@ -7,8 +7,8 @@ b. One 1280x720 image with 100 detections of realistic sizes (10-400 px
    pasting, all on the main thread: mmdet's ``FCNMaskHead`` pastes every
    mask into a full-size (N, H, W) stack, ``encode_bitmask`` paints it, PIL
    encodes the PNG, the file is written. Ours: the box paste into one rank
-   map (:mod:`bdd100k_ins_seg.paste`), then the writer's PNG and file
-   (:mod:`bdd100k_ins_seg.writer`); rows for the paste alone, for the whole
+   map (:mod:`bdd100k_ins_seg.inference.paste`), then the writer's PNG and file
+   (:mod:`bdd100k_ins_seg.inference.writer`); rows for the paste alone, for the whole
    work of one image, and for what the main thread spends handing an image
    to the background writer (on a CPU model it paints there too).
 c. ``test.py CONFIG CKPT --img-dir DIR --format-only`` (untrained weights,
@@ -31,7 +31,11 @@ import time
 
 import numpy as np
 
-from . import SETTINGS, make_row, median_ms, weights_label
+from bdd100k_ins_seg.benchmark import (
+    SETTINGS,
+    make_row,
+    median_ms,
+    weights_label)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -70,9 +74,9 @@ def stage_b(device, repeats, work_dir, num=100):
 
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 
-    from ..bitmask import atomic_write, encode_bitmask
-    from ..paste import enable_box_masks, paint
-    from ..writer import PredictionWriter, render
+    from bdd100k_ins_seg.formats.bitmask import atomic_write, encode_bitmask
+    from bdd100k_ins_seg.inference.paste import enable_box_masks, paint
+    from bdd100k_ins_seg.inference.writer import PredictionWriter, render
     width, height = SETTINGS['size']
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -118,7 +122,7 @@ def stage_b(device, repeats, work_dir, num=100):
 
         def ours_all():
             bitmask, _ = render(box_masks(), labels + 1, scores)
-            from ..writer import encode_png
+            from bdd100k_ins_seg.inference.writer import encode_png
             atomic_write(osp.join(out, 'ours.png'), encode_png(bitmask))
 
         reference = today_paint()
@@ -197,7 +201,7 @@ def _test_py_ms_per_image(config, checkpoint, img_dir, out_dir, work_dir,
 def stage_c(config, device, repeats, work_dir, count=12):
     import torch
 
-    from .model import build_model
+    from bdd100k_ins_seg.benchmark.model import build_model
     width, height = SETTINGS['size']
     threads = torch.get_num_threads()
     # Its mask pasting switched off: the baseline is the forward alone, the

@@ -31,8 +31,12 @@ import copy
 import numpy as np
 import torch
 
-from . import SETTINGS, interleaved_medians, make_row, weights_label
-from .model import build_model, synthetic_image
+from bdd100k_ins_seg.benchmark import (
+    SETTINGS,
+    interleaved_medians,
+    make_row,
+    weights_label)
+from bdd100k_ins_seg.benchmark.model import build_model, synthetic_image
 
 IMAGES = 2
 BOXES = 15  # about as many as the sample's images have
@@ -99,8 +103,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
         return []  # channels_last training applies on CPU only
     from mmengine.optim import build_optim_wrapper
 
-    from .. import optim
-    from ..ops import torchvision_ext
+    from bdd100k_ins_seg.plugin import optim
+    from bdd100k_ins_seg.plugin.ops import torchvision_ext
 
     # Stage a's detector (its switched-off mask pasting is a
     # prediction step: the losses do not call it), in training mode.

@@ -2,7 +2,8 @@
 _base_ = 'mmdet::_base_/default_runtime.py'
 
 # Registers the BDD100K dataset, metric and the torchvision-backed mmcv ops.
-custom_imports = dict(imports=['bdd100k_ins_seg'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['bdd100k_ins_seg.plugin'], allow_failed_imports=False)
 
 default_hooks = dict(
     # Keep the best checkpoint by the official mask AP besides the latest.

@@ -10,7 +10,7 @@ but the AP fell to the bar's edge and below it on another CPU. What each
 choice cost in time and AP, and the schedules tried: docs/demo.md.
 
 Another length: --cfg-options train_cfg.max_iters=N. ScaleScheduleHook
-(bdd100k_ins_seg.schedule) then scales the warm-up, the LR milestones and
+(bdd100k_ins_seg.engine.schedule) then scales the warm-up, the LR milestones and
 the checkpoint / validation intervals below to N, so the run still decays
 the LR at the same fractions and saves and validates at its end.
 """
@@ -110,7 +110,7 @@ test_cfg = dict(type='TestLoop')
 memory_format = 'channels_last'
 
 # AdamW trains a from-scratch model much faster than SGD in few updates.
-# BF16OptimWrapper (bdd100k_ins_seg.optim): the forward and losses in
+# BF16OptimWrapper (bdd100k_ins_seg.plugin.optim): the forward and losses in
 # bfloat16 autocast where the CPU computes bfloat16 natively (AVX512-BF16,
 # AMX), float32 elsewhere. On an AVX-512 AMD EPYC the demo's training took
 # 208-212 s instead of 249 s, 33.5 and 35.8 mask AP (seeds 0, 1) against
@@ -134,7 +134,7 @@ default_hooks = dict(
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False, window_size=20)
 custom_imports = dict(
-    imports=['bdd100k_ins_seg', 'bdd100k_ins_seg.schedule'],
+    imports=['bdd100k_ins_seg.plugin', 'bdd100k_ins_seg.engine.schedule'],
     allow_failed_imports=False)
 # The numbers above are for max_iters; other lengths are scaled to them.
 custom_hooks = [dict(type='ScaleScheduleHook', nominal_iters=max_iters)]

@@ -1,0 +1,6 @@
+"""Training on mmengine: atomic checkpoints and resume
+(:mod:`.checkpoints`), signals and non-finite losses (:mod:`.faults`),
+exactly resumable loops and samplers (:mod:`.loops`), the runner set-up
+(:mod:`.training`, :mod:`.runners`), the schedule scaling hook
+(:mod:`.schedule`), CPU threads (:mod:`.threads`) and distributed start-up
+(:mod:`.launch`)."""

@@ -1,0 +1,2 @@
+"""Drawing predictions: the palette, colorized bitmasks and overlays on
+images (:mod:`.overlay`). numpy and OpenCV only."""
