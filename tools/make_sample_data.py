@@ -3,13 +3,15 @@
     python tools/make_sample_data.py --out data/bdd100k_sample --seed 0
 
 The same seed gives the same files, byte for byte. See
-``bdd100k_ins_seg/sample_data.py`` for what the scenes contain.
+``bdd100k_ins_seg/formats/sample_data.py`` for what the scenes contain.
 """
 import argparse
 
-# bdd100k_ins_seg.sample_data.DEFAULT_COUNTS, repeated so that --help does
+# bdd100k_ins_seg.formats.sample_data.DEFAULT_COUNTS, repeated so that --help does
 # not import the package (a test checks that they agree).
 DEFAULT_COUNTS = dict(train=300, val=60, test=20)
+# ... and the names of its SCENE_MIXES
+SCENE_MIXES = ('default', 'city')
 
 
 def parse_args(argv=None):
@@ -25,6 +27,11 @@ def parse_args(argv=None):
                         help='image width (default 320)')
     parser.add_argument('--height', type=int, default=192,
                         help='image height (default 192)')
+    parser.add_argument('--scene-mix', choices=SCENE_MIXES,
+                        default='default',
+                        help='what the scenes hold: default (the demo\'s '
+                        'sunny road, mostly cars) or city (a dim street, '
+                        'more people, riders and buses)')
     parser.add_argument('--nproc', type=int, default=2,
                         help='processes that draw the scenes and convert the '
                         'labels to COCO (default 2)')
@@ -39,14 +46,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from bdd100k_ins_seg.cli import fail
-    from bdd100k_ins_seg.sample_data import generate_sample_dataset
+    from bdd100k_ins_seg.formats.sample_data import generate_sample_dataset
     counts = dict(train=args.num_train, val=args.num_val, test=args.num_test)
     if args.width < 64 or args.height < 64:
         fail('--width/--height', 'must be at least 64 pixels')
     try:
         num = generate_sample_dataset(args.out, seed=args.seed, counts=counts,
                                       size=(args.width, args.height),
-                                      nproc=args.nproc)
+                                      nproc=args.nproc,
+                                      scene_mix=args.scene_mix)
     except FileExistsError as e:
         fail('--out', e)
     except ValueError as e:
