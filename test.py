@@ -8,8 +8,9 @@ Without CHECKPOINT the config's published weights are used (downloaded and
 verified by bdd100k_ins_seg.zoo). OUT gets bitmasks/<image stem>.png and
 score.json, the input of ``python -m bdd100k.eval.run -t ins_seg``
 (``--out-format rle|both``: rles.json, Scalabel frames with RLE masks;
-``--zip``: OUT.zip for the evaluation server). Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS [ARGS]; on a machine
-without CUDA the processes run on CPU and talk over gloo.
+``--zip``: OUT.zip for the evaluation server). Multi-GPU:
+tools/dist_test.sh CONFIG CHECKPOINT GPUS [ARGS]; on a machine without CUDA
+the processes run on CPU and talk over gloo.
 """
 import argparse
 import contextlib
