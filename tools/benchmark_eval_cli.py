@@ -4,7 +4,8 @@
         [--size 1280 720] [--preds 100] [--work DIR]
 
 For each image count, writes a synthetic case (GT and prediction bitmasks
-of SIZE, about PREDS predictions an image, a score file) into a folder
+of SIZE, PREDS predictions an image less those wholly covered by
+higher-scoring ones, a score file) into a folder
 outside the checkout, then runs, in turn,
 
     python -m bdd100k_ins_seg.eval      -g GT -r PRED --score-file S --nproc 1
@@ -61,10 +62,81 @@ def run(cmd, cwd, env):
     return seconds
 
 
+def write_clean_case(root, num_images, size, preds, seed=0):
+    """GT and prediction bitmasks of ``size`` (W, H) and a score file:
+    5..25 GT instances an image, exactly ``preds`` predictions (most near a
+    GT, some anywhere, a wrong class now and then), every listed index
+    painted. Returns dict(gt_dir, pred_dir, score_file)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    width, height = size
+    gt_dir, pred_dir = osp.join(root, 'gt'), osp.join(root, 'pred')
+    os.makedirs(gt_dir, exist_ok=True)
+    os.makedirs(pred_dir, exist_ok=True)
+    yy, xx = np.mgrid[:height, :width]
+
+    def ellipse(cx, cy, rx, ry):
+        return ((xx - cx) / rx)**2 + ((yy - cy) / ry)**2 <= 1
+
+    def bitmask(ids, cats, crowd=None):
+        out = np.zeros((height, width, 4), np.uint8)
+        out[..., 0] = cats
+        out[..., 1] = 0 if crowd is None else crowd * 2
+        out[..., 2] = ids >> 8
+        out[..., 3] = ids & 255
+        return out
+
+    frames = []
+    for k in range(num_images):
+        name = f'{k:05d}'
+        shapes = []
+        gt_ids = np.zeros((height, width), np.int32)
+        gt_cat = np.zeros((height, width), np.uint8)
+        for i in range(int(rng.integers(5, 26))):
+            s = (rng.uniform(0, width), rng.uniform(0, height),
+                 rng.uniform(8, width / 8), rng.uniform(8, height / 6))
+            cat = int(rng.choice([1, 2, 3, 3, 3, 4, 5, 7, 8]))
+            mask = ellipse(*s)
+            gt_ids[mask] = i + 1
+            gt_cat[mask] = cat
+            shapes.append((s, cat))
+        Image.fromarray(bitmask(gt_ids, gt_cat)).save(
+            osp.join(gt_dir, name + '.png'))
+        scores = np.sort(rng.random(preds))
+        dt_ids = np.zeros((height, width), np.int32)
+        dt_cat = np.zeros((height, width), np.uint8)
+        labels = []
+        for j in range(preds):  # lowest score first: higher scores on top
+            if rng.random() < 0.5:
+                (cx, cy, rx, ry), cat = shapes[int(rng.integers(len(shapes)))]
+                s = (cx + rng.normal(0, 3), cy + rng.normal(0, 3),
+                     rx * rng.uniform(0.8, 1.2), ry * rng.uniform(0.8, 1.2))
+                if rng.random() < 0.1:
+                    cat = int(rng.integers(1, 9))
+            else:
+                s = (rng.uniform(0, width), rng.uniform(0, height),
+                     rng.uniform(6, width / 10), rng.uniform(6, height / 8))
+                cat = int(rng.integers(1, 9))
+            mask = ellipse(*s)
+            dt_ids[mask] = j + 1
+            dt_cat[mask] = cat
+        present = set(np.unique(dt_ids).tolist()) - {0}
+        for j in range(preds):
+            if j + 1 in present:  # an index another mask covered is gone
+                labels.append(dict(index=j + 1, score=float(scores[j])))
+        Image.fromarray(bitmask(dt_ids, dt_cat)).save(
+            osp.join(pred_dir, name + '.png'))
+        frames.append(dict(name=name + '.jpg', labels=labels))
+    score_file = osp.join(root, 'score.json')
+    with open(score_file, 'w') as f:
+        json.dump(frames, f)
+    return dict(gt_dir=gt_dir, pred_dir=pred_dir, score_file=score_file)
+
+
 def bench_case(root, num_images, args):
-    from bdd100k_ins_seg.benchmark.synthetic import write_case
-    case = write_case(root, seed=num_images, num_images=num_images,
-                      size=tuple(args.size), num_gt=12, num_pred=args.preds)
+    case = write_clean_case(root, num_images, tuple(args.size), args.preds,
+                            seed=num_images)
     with open(case['score_file']) as f:
         labels = [len(fr['labels'] or []) for fr in json.load(f)]
     flags = ['-g', case['gt_dir'], '-r', case['pred_dir'], '--score-file',
