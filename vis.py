@@ -27,7 +27,7 @@ def parse_args(argv=None):
         epilog='\n\n'.join(__doc__.split('\n\n')[2:]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-i', '--images', required=True,
-                        help='folder of images (.jpg/.png)')
+                        help='folder of images (jpg, png, webp, tif, ...)')
     parser.add_argument('-c', '--masks', required=True,
                         help='folder of bitmask or colored PNGs')
     parser.add_argument('-o', '--out', required=True, help='output folder')

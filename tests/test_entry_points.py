@@ -122,7 +122,8 @@ def test_no_arguments(helps, wrong_calls, script):
         # run (the demo, the environment report), checked elsewhere.
         assert not needs_arguments(helps[script].stdout)
         assert script in ('tools/demo.py', 'tools/collect_env.py',
-                          'tools/benchmark_startup.py'), (
+                          'tools/benchmark_startup.py',
+                          'tools/benchmark_eval_cli.py'), (
             f'{script} runs without arguments: add it here if intended')
         return
     check_usage_error(wrong_calls[(script, ())], script)

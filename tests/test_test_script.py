@@ -364,7 +364,7 @@ def test_zoo_name_image_formats_and_a_six_image_console(setup, tmp_path):
                    'a model name (closest: mask_rcnn_r18_fpn_sample')
 
 
-def test_cfg(config, images=None):
+def cfg_of(config, images=None):
     """The config test.py runs: the tiny one, or on an image folder."""
     from mmengine.config import Config
     cfg = Config.fromfile(config)
@@ -387,7 +387,7 @@ def test_images_of_one_stem_are_refused_before_the_model(setup, tmp_path):
     Image.open(source).save(images / 'a.jpg')
     Image.open(source).save(images / 'a.png')
     with pytest.raises(preflight.PreflightError) as error:
-        preflight.preflight(test_cfg(config, images), checkpoint, None,
+        preflight.preflight(cfg_of(config, images), checkpoint, None,
                             str(tmp_path / 'out'), False)
     assert str(error.value) == (
         f'test images: {images / "a.jpg"} and {images / "a.png"} have the '
@@ -407,14 +407,14 @@ def test_eval_needs_a_prediction_for_every_gt_unless_asked(setup, tmp_path):
         (gt / path.name).write_bytes(path.read_bytes())
     (gt / 'other.png').write_bytes(path.read_bytes())
     with pytest.raises(preflight.PreflightError) as error:
-        preflight.preflight(test_cfg(config), checkpoint, str(gt), None,
+        preflight.preflight(cfg_of(config), checkpoint, str(gt), None,
                             False)
     assert str(error.value) == (
         f'GT bitmask folder {gt}: 1 of its 4 bitmasks has no image in this '
         'run, e.g. other.png: to score the 3 images of the run only, add '
         '--only-predicted')
     said = []
-    preflight.preflight(test_cfg(config), checkpoint, str(gt), None, False,
+    preflight.preflight(cfg_of(config), checkpoint, str(gt), None, False,
                         only_predicted=True, say=said.append)
     assert said == [f'3, GT {gt}']
     usage = run([config, checkpoint, '--format-only', '--format-dir', 'o',
@@ -470,9 +470,10 @@ def test_full_disk_is_one_line_and_resume_completes(setup, one_process,
 
 
 HOLD_LOCK = '''
-import sys, time
+import os, sys, time
 from bdd100k_ins_seg.inference import folder_lock
 folder_lock.lock(sys.argv[1])
+os.makedirs(os.path.join(sys.argv[1], '.parts'))  # as a writer does
 print('locked', flush=True)
 time.sleep(300)
 '''
@@ -480,12 +481,14 @@ time.sleep(300)
 
 def test_folder_in_use_is_refused_naming_the_process(setup, tmp_path):
     """While a process writes into --format-dir (holds its lock), test.py's
-    checks refuse another run into it, naming that process; when it ends,
-    however it ends, the lock is gone, and a run takes it until it ends."""
+    checks refuse another run into it as in use (not as an interrupted
+    run), naming that process; when it ends, however it ends, the lock is
+    gone: the folder is an interrupted run, which --resume continues,
+    holding the lock until it ends."""
     from bdd100k_ins_seg.inference import folder_lock, preflight
     root, data, config, checkpoint = setup
     out = tmp_path / 'out'
-    cfg = test_cfg(config, data / 'images')
+    cfg = cfg_of(config, data / 'images')
     env = dict(os.environ, PYTHONPATH=REPO)
     holder = subprocess.Popen(
         [sys.executable, '-c', HOLD_LOCK, str(out), 'test.py'], env=env,
@@ -505,10 +508,38 @@ def test_folder_in_use_is_refused_naming_the_process(setup, tmp_path):
         holder.wait()
     assert (out / folder_lock.LOCK_FILE).exists()
     assert folder_lock.holder(str(out)) is None
-    try:
+    with pytest.raises(preflight.PreflightError, match='holds an '
+                       'interrupted run: add --resume'):
         preflight.preflight(cfg, checkpoint, None, str(out), False)
+    try:
+        preflight.preflight(cfg, checkpoint, None, str(out), True)
         info = folder_lock.holder(str(out))  # this process, now
         assert info['pid'] == os.getpid()
     finally:
         folder_lock.unlock(str(out))
     assert not (out / folder_lock.LOCK_FILE).exists()
+
+
+def test_ranks_of_one_job_share_the_folder_lock(tmp_path, monkeypatch):
+    """Rank 0 takes the lock; another rank of its job (same rendezvous)
+    goes on; a rank of another job is refused."""
+    from bdd100k_ins_seg.inference import folder_lock
+    out = str(tmp_path / 'out')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', '29999')
+    monkeypatch.setenv('RANK', '0')
+    folder_lock.lock(out)
+    try:
+        monkeypatch.setenv('RANK', '1')
+        folder_lock.lock(out)  # rank 1 takes nothing: rank 0 holds it
+        held = folder_lock._HELD.pop(out)  # as seen from another process
+        try:
+            folder_lock.check_not_in_use(out)
+            monkeypatch.setenv('MASTER_PORT', '29998')  # another job
+            with pytest.raises(folder_lock.FolderInUseError,
+                               match=f'process {os.getpid()} '):
+                folder_lock.check_not_in_use(out)
+        finally:
+            folder_lock._HELD[out] = held
+    finally:
+        folder_lock.unlock(out)

@@ -132,6 +132,16 @@ def test_vis_command(tmp_path):
         f'vis.py: error: mask {scene["stem"]}.png: no image')
 
 
+def test_images_of_every_format_read_are_found(tmp_path):
+    """vis.py finds an image of a bitmask in every format test.py reads."""
+    from bdd100k_ins_seg.visualization.overlay import find_image
+    for name in ('a.webp', 'b.TIF', 'c.tiff', 'd.JPEG', 'e.bmp'):
+        (tmp_path / name).write_bytes(b'')
+        assert find_image(str(tmp_path), name.split('.')[0]) == \
+            str(tmp_path / name)
+    assert find_image(str(tmp_path), 'f') is None
+
+
 def test_corrupt_mask_file_is_a_one_line_error(tmp_path):
     images, masks = tmp_path / 'images', tmp_path / 'masks'
     images.mkdir()

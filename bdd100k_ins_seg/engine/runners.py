@@ -15,6 +15,11 @@ with two layouts it would pair the wrong elements without an error.
 
 Both apply the config's ``env_cfg.tf32`` (:class:`TF32Env`).
 
+Both keep the console to what a user reads (:class:`QuietConsole`):
+progress, results, warnings and errors. mmengine's environment report, the
+whole config and the hook table go to the log file of the work folder
+only, unless ``verbose`` (the scripts' ``--verbose``).
+
 Where ``test.py`` writes its logs: nowhere unless asked, and never over
 a training's files.
 

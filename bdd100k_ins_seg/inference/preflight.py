@@ -337,9 +337,10 @@ def preflight(cfg, checkpoint: str, gt_dir: Optional[str],
     done = prepare_output(format_dir, manifest, resume)
     todo = todo_indices(paths, done)
     check_images([paths[i] for i in todo])
+    summary += f', output {format_dir}'
     if resume:
-        summary += (f' ({len(paths) - len(todo)} done, {len(todo)} to infer:'
-                    ' --resume)')
+        summary += (f' (resuming: {len(paths) - len(todo)} of {len(paths)} '
+                    f'images done, {len(todo)} to infer)')
     if not todo and paths:
         # mmengine's loop needs one image: the first is inferred again
         # (the same file) and the folder closed as usual.
@@ -347,7 +348,7 @@ def preflight(cfg, checkpoint: str, gt_dir: Optional[str],
     if done:
         dataset_cfg.indices = todo
     folder_lock.lock(format_dir)  # released when this process ends
-    say(summary + f', output {format_dir}')
+    say(summary)
     return manifest
 
 

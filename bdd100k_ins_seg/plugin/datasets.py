@@ -2,7 +2,6 @@
 any training or inference starts (:mod:`bdd100k_ins_seg.formats.images`)."""
 import contextlib
 import io
-import os
 import os.path as osp
 import time
 from typing import List

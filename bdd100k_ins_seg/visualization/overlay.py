@@ -193,9 +193,13 @@ def read_image(path: str) -> np.ndarray:
 
 
 def find_image(img_dir: str, stem: str) -> Optional[str]:
-    """The image of ``img_dir`` named ``stem`` + a known extension."""
-    for ext in ('.jpg', '.jpeg', '.png', '.bmp', '.JPG', '.PNG'):
-        path = osp.join(img_dir, stem + ext)
-        if osp.isfile(path):
-            return path
+    """The image of ``img_dir`` named ``stem`` + an extension read
+    (:data:`bdd100k_ins_seg.formats.images.IMG_EXTENSIONS`, lower or upper
+    case)."""
+    from bdd100k_ins_seg.formats.images import IMG_EXTENSIONS
+    for ext in IMG_EXTENSIONS:
+        for variant in (ext, ext.upper()):
+            path = osp.join(img_dir, stem + variant)
+            if osp.isfile(path):
+                return path
     return None
