@@ -356,8 +356,11 @@ def main():
         enable_box_masks(runner.model)
     inference.raise_on_sigterm()
     try:
-        with _tf32_emulation(args.emulate_tf32):
+        with _tf32_emulation(args.emulate_tf32) as emulated:
             metrics = runner.test()
+        if emulated is not None:
+            print(f'--emulate-tf32 {args.emulate_tf32}: {emulated.calls} '
+                  'convolutions read TF32 inputs and weights', flush=True)
     except (inference.Terminated, KeyboardInterrupt):
         runner.test_evaluator.metrics[0].flush()
         fail('interrupted', 'the images written so far are kept: continue '

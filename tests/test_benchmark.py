@@ -3,6 +3,8 @@ checks the evaluators agree (no timing assertions)."""
 import json
 import math
 import os.path as osp
+import re
+
 import pytest
 
 import bdd100k_ins_seg.benchmark as benchmark
@@ -17,6 +19,55 @@ def load_tool():
     return load_script('tools/benchmark.py', 'benchmark_tool')
 
 
+def check_rows(rows):
+    """Every row has the row keys, a finite positive time and images/s to
+    match, and a speedup of baseline over ours where it has a baseline."""
+    for row in rows:
+        assert set(benchmark.ROW_KEYS) <= set(row)
+        assert math.isfinite(row['ms_per_image']) and row['ms_per_image'] > 0
+        assert row['images_per_s'] == pytest.approx(1000 /
+                                                    row['ms_per_image'])
+        if row['baseline']:
+            assert row['baseline_ms_per_image'] > 0
+            assert row['speedup'] == pytest.approx(
+                row['baseline_ms_per_image'] / row['ms_per_image'])
+        else:
+            assert math.isnan(row['speedup'])
+
+
+def check_forward_rows(rows, device):
+    """Stages a and e: a's two rows (the plain forward; the optimized one
+    against it), then e's one (the optimized forward against
+    torchvision's), on ``device``."""
+    assert [r['stage'] for r in rows] == ['a', 'a', 'e']
+    check_rows(rows)
+    plain, optimized, against = rows
+    assert not plain['baseline'] and 'optimized' not in plain['what']
+    assert 'optimized' in optimized['what'] and 'BN folded' in against['what']
+    assert optimized['baseline'] == 'the plain forward'
+    assert optimized['baseline_ms_per_image'] == plain['ms_per_image']
+    assert against['baseline'].startswith('torchvision maskrcnn_resnet50')
+    assert against['ms_per_image'] == optimized['ms_per_image']
+    assert all(f', {device}, ' in r['what'] for r in rows)
+
+
+def run_forward_stages(tmp_path, device, size, repeats=1):
+    """``tools/benchmark.py --stages a,e`` on ``device`` (tests/test_cuda.py
+    runs it on CUDA), checked by :func:`check_forward_rows`; the json."""
+    out = tmp_path / 'forward.json'
+    load_tool().main([SAMPLE, '--device', device, '--json', str(out),
+                      '--repeats', str(repeats), '--stages', 'a,e',
+                      '--size', size])
+    result = json.loads(out.read_text())
+    check_forward_rows(result['rows'], device)
+    return result
+
+
+def test_forward_stages_rows(tmp_path):
+    result = run_forward_stages(tmp_path, 'cpu', '96x64')
+    assert result['size'] == [96, 64] and result['machine']['device'] == 'cpu'
+
+
 def test_benchmark_cli_tiny(tmp_path, capsys):
     out = tmp_path / 'out' / 'bench.json'
     load_tool().main([SAMPLE, '--device', 'cpu', '--json', str(out),
@@ -25,23 +76,17 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
     result = json.loads(out.read_text())
     rows = result['rows']
     assert [r['stage'] for r in rows] == ['a', 'a', 'e', 'd']
-    for row in rows:
-        assert set(benchmark.ROW_KEYS) <= set(row)
-        assert row['ms_per_image'] > 0
-        assert row['images_per_s'] == pytest.approx(1000 /
-                                                    row['ms_per_image'])
-    for row in rows[1:]:
-        assert row['speedup'] == pytest.approx(
-            row['baseline_ms_per_image'] / row['ms_per_image'])
-    assert math.isnan(rows[0]['speedup'])
+    check_forward_rows(rows[:3], 'cpu')
+    check_rows(rows[3:])
     assert 'identical' in rows[3]['what']
-    assert 'optimized' in rows[1]['what'] and 'BN folded' in rows[2]['what']
-    assert rows[1]['baseline_ms_per_image'] == rows[0]['ms_per_image']
     assert result['machine']['threads'] == 1
     pace = result['machine']['pace_probe_ms']
     assert len(pace) == 2 and all(ms > 0 for ms in pace)
     table = capsys.readouterr().out
     assert '| d | evaluator' in table and 'torchvision' in table
+    # each stage module's elapsed time, as it ends
+    assert re.search(r'^stage a, e \(model\): \d+\.\d s$', table, re.M)
+    assert re.search(r'^stage d \(evaluator\): \d+\.\d s$', table, re.M)
     assert (f'pace probe (a fixed 3x3 convolution on one thread): '
             f'{pace[0]:.1f} ms before the stages, {pace[1]:.1f} ms after'
             in table)
@@ -72,7 +117,8 @@ def test_bad_arguments(tmp_path, capsys):
     for argv, message in (
             (['--stages', 'a,z'], "--stages: unknown stage 'z'"),
             (['--size', '12x'], '--size: expected WIDTHxHEIGHT'),
-            (['--repeats', '0'], '--repeats: must be at least 1')):
+            (['--repeats', '0'], '--repeats: must be at least 1'),
+            (['--test-runs', '0'], '--test-runs: must be at least 1')):
         with pytest.raises(SystemExit) as info:
             tool.main([SAMPLE, '--json', str(tmp_path / 'x.json')] + argv)
         assert info.value.code == 2
@@ -128,6 +174,24 @@ def test_a_wrong_optimized_forward_is_refused(monkeypatch, tmp_path):
         stage.run(SAMPLE, 'cpu', 1, str(tmp_path))
 
 
+def test_forward_agreement_is_checked_without_tf32(monkeypatch, tmp_path):
+    """On a GPU with PyTorch's default TF32, each forward's convolutions
+    round by ~1e-3 on their own: the two forwards of stage a then differ
+    by ~7e-4 (emulated), close to what its check of the fold allows
+    (1e-3). Emulated here, convolutions rounded to TF32 whenever the
+    settings ask cuDNN for it, against a tolerance of 2e-4 (still 100x
+    float32's difference): the check runs with TF32 off and passes, and
+    the timed forwards keep the setting."""
+    import bdd100k_ins_seg.benchmark.model as stage
+    from bdd100k_ins_seg.engine import tf32
+    monkeypatch.setitem(benchmark.SETTINGS, 'size', (96, 64))
+    monkeypatch.setattr(stage, 'FEATURE_TOLERANCE', 2e-4)
+    with tf32.emulate_tf32('nearest', when_enabled=True) as emulation:
+        rows = stage.run(SAMPLE, 'cpu', 1, str(tmp_path))
+    check_forward_rows(rows, 'cpu')
+    assert emulation.calls > 0 and tf32.tf32_enabled()['conv']
+
+
 def test_conv_stage_rows(tmp_path):
     """Stage f at a tiny size: one row per layer, Winograd within 1e-4
     (relative) of the direct convolution, the gate's verdict named."""
@@ -147,6 +211,47 @@ def test_conv_stage_rows(tmp_path):
     # 256 channels at 32x64 and 100 RoIs: Winograd; 64 channels and the
     # smallest map: direct.
     assert used == [True, False, False, True, False, False]
+
+
+def test_dcn_stage_rows(tmp_path):
+    """Stage g at a tiny size: DCN and DCNv2, each a forward + backward of
+    mmcv's module against torchvision's deform_conv2d, checked to agree
+    first."""
+    out = tmp_path / 'dcn.json'
+    load_tool().main([SAMPLE, '--device', 'cpu', '--json', str(out),
+                      '--repeats', '1', '--stages', 'g', '--size', '96x64',
+                      '--threads', '1'])
+    rows = json.loads(out.read_text())['rows']
+    assert [r['stage'] for r in rows] == ['g', 'g']
+    check_rows(rows)
+    assert rows[0]['what'].startswith('DCN: mmcv DeformConv2d forward + '
+                                      'backward (2x64x16x24, 3x3, 64 out')
+    assert rows[1]['what'].startswith('DCNv2: mmcv ModulatedDeformConv2d')
+    assert rows[0]['baseline'] == 'torchvision deform_conv2d, same tensors'
+    assert 'with mask and bias' in rows[1]['baseline']
+    for row in rows:
+        assert float(re.search(r'within (\S+);', row['what'])[1]) <= 1e-4
+
+
+@pytest.mark.parametrize('wrong', ['weight', 'mask'])
+def test_a_wrong_dcn_gradient_is_refused(monkeypatch, tmp_path, wrong):
+    """Stage g compares the gradients before timing."""
+    import bdd100k_ins_seg.benchmark.dcn as stage
+    from bdd100k_ins_seg.plugin.ops import torchvision_ext
+    real = torchvision_ext._deform_backward
+
+    def off(*args):
+        grads = list(real(*args))
+        grads[1 if wrong == 'weight' else 3] = grads[
+            1 if wrong == 'weight' else 3] * 1.01
+        return tuple(grads)
+
+    monkeypatch.setattr(torchvision_ext, '_deform_backward', off)
+    monkeypatch.setitem(benchmark.SETTINGS, 'size', (64, 64))
+    name = 'DCN:' if wrong == 'weight' else 'DCNv2:'
+    with pytest.raises(RuntimeError, match=f'{name} mmcv .* computes other '
+                       'outputs or gradients'):
+        stage.run(SAMPLE, 'cpu', 1, str(tmp_path))
 
 
 @pytest.mark.parametrize('native_bf16', [True, False])
@@ -346,15 +451,41 @@ def test_bad_checkpoint_or_training_set_is_named(sample_on_tiny_data,
     assert 'which --stages leaves out' in capsys.readouterr().err
 
 
-def test_postprocess_and_test_py_stages_rows(sample_on_tiny_data, tmp_path):
+def test_stage_b_alone_starts_no_test_py(monkeypatch, tmp_path):
+    """Stages b and c share a module: asked for b, it leaves c (test.py
+    processes, the longest part of a run) out."""
+    from bdd100k_ins_seg.benchmark import postprocess
+
+    def stage_c(*args):
+        raise AssertionError('stage c ran')
+
+    monkeypatch.setattr(postprocess, 'stage_c', stage_c)
+    out = tmp_path / 'b.json'
+    load_tool().main([SAMPLE, '--device', 'cpu', '--json', str(out),
+                      '--repeats', '1', '--stages', 'b', '--size', '96x64',
+                      '--threads', '1'])
+    rows = json.loads(out.read_text())['rows']
+    assert [r['stage'] for r in rows] == ['b', 'b', 'b']
+    check_rows(rows)
+
+
+def test_postprocess_and_test_py_stages_rows(sample_on_tiny_data, tmp_path,
+                                            monkeypatch):
     """Stages b and c at a tiny size, c with --checkpoint's weights (test.py
-    runs on them; no timing assertions)."""
+    runs on them) and --test-runs 1 (one test.py process; half the
+    repeats, at least 2, without it). No timing assertions."""
+    from bdd100k_ins_seg.benchmark import postprocess
+    runs = []
+    real = postprocess._test_py_ms_per_image
+    monkeypatch.setattr(postprocess, '_test_py_ms_per_image',
+                        lambda *args: runs.append(1) or real(*args))
     config, checkpoint, _, _ = sample_on_tiny_data
     out = tmp_path / 'bc.json'
     load_tool().main([config, '--device', 'cpu', '--json', str(out),
-                      '--repeats', '1', '--stages', 'b,c', '--size', '96x64',
+                      '--repeats', '4', '--stages', 'b,c', '--size', '96x64',
                       '--threads', '1', '--checkpoint', checkpoint,
-                      '--work-dir', str(tmp_path / 'wd')])
+                      '--work-dir', str(tmp_path / 'wd'), '--test-runs', '1'])
+    assert len(runs) == 1
     rows = json.loads(out.read_text())['rows']
     assert [r['stage'] for r in rows] == ['b', 'b', 'b', 'c']
     # test.py ran on the given file: no untrained stand-in was written

@@ -278,6 +278,42 @@ def test_fuse_conv_bn_writes_the_same_predictions(setup, tmp_path):
             assert a['score'] == pytest.approx(b['score'], abs=1e-4)
 
 
+def test_emulated_tf32_rounds_the_convolutions(setup, one_process,
+                                               tmp_path):
+    """--emulate-tf32: every convolution of the run reads TF32-rounded
+    inputs and weights (the scores move in their last digits, the files
+    are complete); with --fuse-conv-bn, or a TF32 setting that is not a
+    bool, a one-line error."""
+    root, data, config, checkpoint = setup
+    proc = run([config, checkpoint, '--img-dir', str(data / 'images'),
+                '--format-dir', 'tf32', '--work-dir', 'wd',
+                '--emulate-tf32', 'truncate'], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in console(proc)
+            if line.startswith('--emulate-tf32 truncate: ')]
+    assert said and int(said[0].split()[2]) > 0, console(proc)
+    plain_pngs, plain_frames = read_outputs(one_process[1])
+    pngs, frames = read_outputs(tmp_path / 'tf32')
+    assert sorted(pngs) == sorted(plain_pngs)
+    scores = [[lab['score'] for lab in f['labels']] for f in frames]
+    plain = [[lab['score'] for lab in f['labels']] for f in plain_frames]
+    assert scores != plain  # rounded: not float32's numbers
+    for ours, theirs in zip(scores, plain):
+        assert len(ours) == len(theirs)
+        assert ours == pytest.approx(theirs, abs=0.05)
+    refused = run([config, checkpoint, '--img-dir', str(data / 'images'),
+                   '--format-dir', 'x', '--emulate-tf32', 'nearest',
+                   '--fuse-conv-bn'], cwd=tmp_path)
+    assert refused.returncode == 2
+    assert 'leave out --fuse-conv-bn' in refused.stderr
+    one_line_error(
+        run([config, checkpoint, '--img-dir', str(data / 'images'),
+             '--format-dir', 'y', '--cfg-options', 'env_cfg.tf32=off'],
+            cwd=tmp_path),
+        "env_cfg.tf32='off': expected True, False or None")
+    assert not (tmp_path / 'x').exists() and not (tmp_path / 'y').exists()
+
+
 # test.py with a part of the package replaced (what cannot be arranged
 # from outside: a full disk, the demo's checkpoint).
 PATCHED = r'''

@@ -4,7 +4,7 @@ each against a baseline in the same run (bdd100k_ins_seg.benchmark).
     python tools/benchmark.py CONFIG --device cpu|cuda --json OUT
                               [--repeats N] [--threads T] [--stages a,d,e]
                               [--size WxH] [--checkpoint CKPT]
-                              [--train-batches N]
+                              [--train-batches N] [--test-runs N]
 """
 import argparse
 
@@ -45,6 +45,9 @@ def parse_args(argv=None):
                         help='stage t: step over N batches of the '
                         "config's training set (its pipeline sets the "
                         'size) instead of one synthetic batch')
+    parser.add_argument('--test-runs', type=int, default=None, metavar='N',
+                        help='stage c: test.py processes to time (default: '
+                        'half of --repeats, at least 2)')
     parser.add_argument('--images', type=int, default=8,
                         help="images of the evaluator's synthetic split")
     parser.add_argument('--work-dir', default=None,
@@ -64,10 +67,11 @@ def parse_args(argv=None):
         parser.error(f'--size: expected WIDTHxHEIGHT of at least 32x32, got '
                      f'{args.size!r}')
     args.size = (width, height)
-    for flag in ('repeats', 'images', 'threads'):
+    for flag in ('repeats', 'images', 'threads', 'test_runs'):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            parser.error(f'--{flag}: must be at least 1, got {value}')
+            parser.error(f'--{flag.replace("_", "-")}: must be at least 1, '
+                         f'got {value}')
     if args.train_batches < 0:
         parser.error(f'--train-batches: must be at least 0, got '
                      f'{args.train_batches}')

@@ -2,12 +2,17 @@
 
     python tools/collect_env.py
     python tools/collect_env.py --check [REQUIREMENTS ...]
+    python tools/collect_env.py --cuda
 
 Paste its output into every bug report. ``--check`` says in one line whether
 this interpreter's environment can run this checkout (``make test
 ENV_PYTHON=...``): the requirement files (default: requirements/stack.txt)
 satisfied, torch >= 2.6, this checkout installed (``pip install --no-deps
 -e .``) with its start-up hook; exit status 1 and the first problem if not.
+``--cuda`` says in one line whether PyTorch can use a CUDA device (``make
+gpu-check`` asks first): the device, the driver, the CUDA version the wheel
+is built for and the TF32 setting; or why not, with the driver's version
+and the wheel's CUDA version; exit status 1 then.
 """
 import argparse
 import os.path as osp
@@ -27,6 +32,11 @@ def parse_args(argv=None):
         '--check', nargs='*', metavar='REQUIREMENTS',
         help='check instead that this environment runs this checkout, '
         'against these requirement files (default: requirements/stack.txt)')
+    parser.add_argument(
+        '--cuda', action='store_true',
+        help='say in one line whether PyTorch can use a CUDA device here '
+        '(device, driver, the CUDA version of the PyTorch build), or why '
+        'not; exit status 1 if not')
     return parser.parse_args(argv)
 
 
@@ -125,8 +135,22 @@ def check(files):
     return 0
 
 
+def cuda():
+    """``--cuda``: one line on stdout and status 0, or one error line on
+    stderr and status 1 (``bdd100k_ins_seg.env.cuda_status``)."""
+    from bdd100k_ins_seg.env import cuda_status
+    ok, line = cuda_status()
+    if ok:
+        print(line, flush=True)
+        return 0
+    sys.stderr.write(f'collect_env.py: error: CUDA: {line}\n')
+    return 1
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.cuda:
+        sys.exit(cuda())
     if args.check is not None:
         sys.exit(check(args.check or [
             osp.join(ROOT, 'requirements', 'stack.txt')]))

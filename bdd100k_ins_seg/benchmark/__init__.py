@@ -48,10 +48,12 @@ ROW_KEYS = ('stage', 'what', 'ms_per_image', 'images_per_s', 'baseline',
 
 #: Read by the stage modules: image size (width, height), the number of
 #: images of the evaluator's synthetic split, the weights of the config's
-#: model in stages a, c, e and t (None: untrained) and stage t's batches
-#: from the config's training set (0: one synthetic batch).
+#: model in stages a, c, e and t (None: untrained), stage t's batches
+#: from the config's training set (0: one synthetic batch) and stage c's
+#: test.py runs (None: half the repeats, at least 2); ``stages``: the
+#: letters asked for (a module that measures several skips the others).
 SETTINGS = dict(size=(1280, 720), images=8, checkpoint=None,
-                train_batches=0)
+                train_batches=0, test_runs=None, stages=None)
 
 
 def weights_label() -> str:
@@ -111,16 +113,24 @@ def make_row(stage: str, what: str, ms: float, baseline: str = '',
 def run_stages(config: str, device: str, repeats: int, work_dir: str,
                stages: Optional[Sequence[str]] = None) -> List[dict]:
     """Run the stage modules that measure ``stages`` (letters; all if
-    None) and return their rows of those stages."""
+    None) and return their rows of those stages; each module's elapsed
+    time is printed when it ends."""
     letters = sorted(STAGE_MODULES) if stages is None else list(stages)
     modules = [m for m in STAGES
                if any(STAGE_MODULES[s] == m for s in letters)]
+    SETTINGS['stages'] = letters
     rows = []
     for name in modules:
+        start = time.perf_counter()
         module = load_stage(name)
         stage_dir = osp.join(work_dir, name)
         os.makedirs(stage_dir, exist_ok=True)
-        for row in module.run(config, device, repeats, stage_dir):
+        done = module.run(config, device, repeats, stage_dir)
+        measured = ', '.join(sorted(s for s in letters
+                                    if STAGE_MODULES[s] == name))
+        print(f'stage {measured} ({name}): '
+              f'{time.perf_counter() - start:.1f} s', flush=True)
+        for row in done:
             missing = [k for k in ROW_KEYS if k not in row]
             if missing:
                 raise RuntimeError(f'stage module {name} returned a row '
@@ -240,7 +250,8 @@ def run_cli(args) -> None:
         from bdd100k_ins_seg.engine.threads import configure_threads
         configure_threads(num_workers=0)
     SETTINGS.update(size=args.size, images=args.images,
-                    checkpoint=checkpoint, train_batches=train_batches)
+                    checkpoint=checkpoint, train_batches=train_batches,
+                    test_runs=getattr(args, 'test_runs', None))
     pace = [pace_probe_ms()]
     with tempfile.TemporaryDirectory() as tmp:
         work_dir = args.work_dir or tmp

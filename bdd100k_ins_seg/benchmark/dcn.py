@@ -14,7 +14,8 @@ before timing, the two sides' outputs and input, weight (mask, bias)
 gradients are checked to agree (within 1e-4 of the largest value; the
 offset gradient follows mmcv's border rule, which torchvision's does not).
 The two are timed in turn, repeat after repeat
-(:func:`~bdd100k_ins_seg.benchmark.interleaved_medians`); ms per step.
+(:func:`~bdd100k_ins_seg.benchmark.interleaved_medians`); the rows give a
+step's time per image of the batch of 2.
 """
 import torch
 
@@ -124,8 +125,8 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
             raise RuntimeError(
                 f'{name} computes other outputs or gradients than '
                 f'torchvision (relative difference {difference:.3g})')
-        ours_ms, theirs_ms = interleaved_medians([ours, theirs], repeats,
-                                                 sync)
+        ours_ms, theirs_ms = (ms / shape[0] for ms in interleaved_medians(
+            [ours, theirs], repeats, sync))
         rows.append(make_row(
             'g', f'{name} forward + backward ({size}; within '
             f'{difference:.1e}; target: at most {TARGET_RATIO}x '

@@ -40,6 +40,12 @@ from bdd100k_ins_seg.benchmark import (
     weights_label)
 
 
+#: How far (relative to each level's largest value) the optimized
+#: forward's feature pyramid may be from the plain one's: float32 gives
+#: ~2e-6 on the sample model, TF32 on both sides (emulated) ~7e-4.
+FEATURE_TOLERANCE = 1e-3
+
+
 def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     """(H, W, 3) uint8, smooth noise (a JPEG-like image, not flat)."""
     rng = np.random.default_rng(seed)
@@ -156,7 +162,7 @@ def run(config: str, device: str, repeats: int, work_dir: str) -> list:
     with torch.inference_mode(), tf32.tf32_mode(False):
         features = feature_difference(model.extract_feat(inputs),
                                       fast.extract_feat(inputs))
-    if features > 1e-3:
+    if features > FEATURE_TOLERANCE:
         raise RuntimeError(f'the optimized forward of {config} computes '
                            'other features than the plain one (relative '
                            f'difference {features:.3g})')

@@ -19,7 +19,8 @@ c. ``test.py CONFIG CKPT --img-dir DIR --format-only`` (untrained weights,
    left out); baseline: the model forward alone (as stage a: the
    network up to the mask logits) on the same images, same threads. The
    speedup column is then images/s of test.py over images/s of the forward
-   (target >= 0.9).
+   (target >= 0.9). ``SETTINGS['test_runs']`` test.py runs (``--test-runs``;
+   default half the repeats, at least 2), each paying its start-up.
 """
 import os
 import os.path as osp
@@ -244,7 +245,7 @@ def stage_c(config, device, repeats, work_dir, count=12):
     # change in the machine's load hits both sides alike.
     forward_all()  # warm-up
     forwards, runs = [], []
-    for k in range(max(2, repeats // 2)):
+    for k in range(SETTINGS.get('test_runs') or max(2, repeats // 2)):
         start = time.perf_counter()
         forward_all()
         forwards.append((time.perf_counter() - start) * 1000 / len(batches))
@@ -262,9 +263,14 @@ def stage_c(config, device, repeats, work_dir, count=12):
 
 
 def run(config: str, device: str, repeats: int, work_dir: str) -> list:
-    """Stage b and c rows (see the module doc)."""
-    rows = stage_b(device, repeats, work_dir)
-    rows += stage_c(config, device, repeats, work_dir)
+    """Stage b and c rows (see the module doc); only the one of them
+    ``SETTINGS['stages']`` asks for, if it names one."""
+    asked = set(SETTINGS.get('stages') or ()) & {'b', 'c'} or {'b', 'c'}
+    rows = []
+    if 'b' in asked:
+        rows += stage_b(device, repeats, work_dir)
+    if 'c' in asked:
+        rows += stage_c(config, device, repeats, work_dir)
     return rows
 
 
