@@ -130,8 +130,11 @@ def test_gpu_check_target_checks_cuda_first_and_times_its_parts():
     (its failure stops make before anything else), then the tests and the
     benchmark (stage c with 2 test.py runs, the DCN stage), each part's
     elapsed time echoed."""
+    # --no-print-directory: under `make test` this make is a sub-make,
+    # which would frame its output with Entering/Leaving directory lines
     out = subprocess.run(
-        ['make', '-n', 'gpu-check', 'ENV_PYTHON=python3'], cwd=ROOT,
+        ['make', '-n', '--no-print-directory', 'gpu-check',
+         'ENV_PYTHON=python3'], cwd=ROOT,
         capture_output=True, text=True, check=True).stdout
     commands = out.split('collect_env.py --check', 1)[1]
     check, rest = commands.split('\nstatus=0;', 1)
