@@ -87,6 +87,12 @@ def main_rle(args):
                                         args.nproc or 1)
     except (ValueError, KeyError, OSError, AssertionError) as e:
         fail('evaluation', e)
+    report(result, args)
+
+
+def report(result, args) -> None:
+    """Print the result table (unless ``--quiet``) and write ``--out-file``
+    atomically, as the official CLI's json."""
     if not args.quiet:
         print(result, flush=True)
     if args.out_file:
@@ -141,16 +147,7 @@ def main(argv=None):
                                   nproc=args.nproc, config=config)
     except (ValueError, OSError) as e:
         fail('evaluation', e)
-    if not args.quiet:
-        print(result, flush=True)
-    if args.out_file:
-        folder = osp.dirname(args.out_file)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        tmp = args.out_file + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(dict(result), f, indent=2)
-        os.replace(tmp, args.out_file)
+    report(result, args)
 
 
 if __name__ == '__main__':
